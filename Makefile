@@ -1,0 +1,60 @@
+# PlanckGPT. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PLANCK := $(VENV)/bin/planck
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
+SHARDS ?= shards
+
+# Offline machines: tiktoken reads GPT-2's ranks from this cache, primed from ../shared/tokenizer
+# when that folder exists. With internet, tiktoken downloads them into it as usual.
+export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.cache/tiktoken
+SHARED_BPE := $(wildcard $(CURDIR)/../shared/tokenizer/r50k_base.tiktoken)
+BPE_CACHE_FILE := $(TIKTOKEN_CACHE_DIR)/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
+
+.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards
+
+help:
+	@echo "make install      create .venv and install planck with its test extras"
+	@echo "make test         run the test suite (installs first if needed)"
+	@echo "make demo-shards  offline: tokenize Python's own prose and the demo chat set into $(SHARDS)/demo/"
+	@echo "make shards       pretrain (fineweb-edu), midtrain and sft shards from the Hugging Face hub"
+	@echo "make stats        print what every shard folder under $(SHARDS)/ holds"
+	@echo "make bench        tokenizer throughput beside raw tiktoken (prints figures)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+tokenizer-cache:
+	@mkdir -p $(TIKTOKEN_CACHE_DIR)
+	@if [ ! -f $(BPE_CACHE_FILE) ] && [ -n "$(SHARED_BPE)" ]; then cp $(SHARED_BPE) $(BPE_CACHE_FILE); fi
+
+test: install tokenizer-cache
+	$(PY) -m pytest
+
+shards: install tokenizer-cache
+	$(PLANCK) tokenize pretrain --out $(SHARDS)/pretrain --workers $(WORKERS)
+	$(PLANCK) tokenize chat --mixture midtrain --out $(SHARDS)/midtrain --val-rows 5000 --workers $(WORKERS)
+	$(PLANCK) tokenize chat --mixture sft --out $(SHARDS)/sft --val-rows 500 --workers $(WORKERS)
+
+demo-shards: install tokenizer-cache
+	$(PLANCK) tokenize pretrain --source embedded --out $(SHARDS)/demo/pretrain --max-tokens 400k --val-tokens 40k --shard-tokens 200k --workers $(WORKERS)
+	$(PLANCK) tokenize chat --mixture demo --out $(SHARDS)/demo/sft --val-rows 2 --workers 1
+	$(PLANCK) shards verify $(SHARDS)/demo/pretrain $(SHARDS)/demo/sft
+	$(PLANCK) shards stats $(SHARDS)/demo/pretrain
+
+stats: install tokenizer-cache
+	@found=0; for m in $$(find $(SHARDS) -name manifest.json 2>/dev/null | sort); do \
+		found=1; $(PLANCK) shards stats $$(dirname $$m); echo; done; \
+	if [ $$found = 0 ]; then echo "no shard folders under $(SHARDS)/ yet: run make demo-shards or make shards"; fi
+
+bench: install tokenizer-cache
+	$(PY) bench/tokenize_throughput.py
+
+clean-shards:
+	rm -rf $(SHARDS)/pretrain $(SHARDS)/midtrain $(SHARDS)/sft $(SHARDS)/demo

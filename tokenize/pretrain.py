@@ -1,0 +1,162 @@
+"""`planck tokenize pretrain`: stream a text corpus into <|endoftext|>-separated uint16 shards, validation split first."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from planck.schemas.manifest import Manifest, SourceEntry
+from planck.schemas.shard_header import FORMAT_VERSION
+from planck.schemas.tokenizer import tokenizer_fingerprint
+from planck.shards.folder import write_manifest
+
+from .encode import encode_pretrain_batch
+from .output import (
+    JobError,
+    Progress,
+    ShardOutput,
+    build_manifest,
+    clean_for_resume,
+    finished,
+    part_suffix,
+)
+from .parallel import ordered_map
+from .progress_bar import progress_bar
+from .sources import EMBEDDED, SourceSpec, open_rows
+
+DEFAULT_SOURCE = "HuggingFaceFW/fineweb-edu"
+DEFAULT_CONFIG = "sample-10BT"
+BATCH_ROWS = 64  # rows per worker task; fixed, so output never depends on it
+
+
+@dataclass
+class PretrainJob:
+    source: str = DEFAULT_SOURCE
+    out: Path = Path("shards/pretrain")
+    config: str | None = None
+    split: str = "train"
+    max_tokens: int = 3_000_000_000  # training tokens; the validation split comes on top
+    val_tokens: int = 10_000_000
+    shard_tokens: int = 100_000_000
+    workers: int = 1
+    worker_index: int = 0
+    num_workers: int = 1
+    command: list[str] = field(default_factory=list)
+    show_progress: bool = True
+
+    def spec(self) -> SourceSpec:
+        """The source as a SourceSpec: hub id, local files/folder, or the embedded corpus."""
+        if self.source == EMBEDDED:
+            return SourceSpec("embedded", "pretrain", path=EMBEDDED)
+        if Path(self.source).exists() or any(c in self.source for c in "*?[") or self.source.startswith(("/", ".")):
+            return SourceSpec("local", "pretrain", path=self.source, split=self.split, config=self.config)
+        config = self.config if self.config is not None else (DEFAULT_CONFIG if self.source == DEFAULT_SOURCE else None)
+        return SourceSpec(self.source.rstrip("/").split("/")[-1], "pretrain", hf=self.source, config=config, split=self.split)
+
+    def options(self) -> dict[str, Any]:
+        """Everything that decides the output bytes (and nothing that does not, like --workers)."""
+        spec = self.spec()
+        return {
+            "kind": "pretrain",
+            "source": spec.describe(),
+            "max_tokens": self.max_tokens,
+            "val_tokens": self.val_tokens,
+            "shard_tokens": self.shard_tokens,
+            "worker_index": self.worker_index,
+            "num_workers": self.num_workers,
+            "tokenizer": tokenizer_fingerprint().hex(),
+            "shard_format": FORMAT_VERSION,
+        }
+
+
+def _batches(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    while batch := list(itertools.islice(rows, size)):
+        # Ship only the text: metadata columns would only cost pickling.
+        yield [{"text": r["text"]} if isinstance(r, dict) and "text" in r else r for r in batch]
+
+
+def run_pretrain(job: PretrainJob) -> Manifest:
+    """Tokenize (or resume tokenizing) a pretraining corpus into `job.out`; returns the manifest."""
+    if not 0 <= job.worker_index < job.num_workers:
+        raise JobError(f"--worker-index {job.worker_index} is not in 0..{job.num_workers - 1}")
+    for name in ("max_tokens", "shard_tokens"):
+        if getattr(job, name) <= 0:
+            raise JobError(f"--{name.replace('_', '-')} must be positive")
+    folder = Path(job.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    options = job.options()
+    part = part_suffix(job.worker_index, job.num_workers)
+    manifest_name = f"manifest.{part}.json" if part else "manifest.json"
+    done = finished(folder, options, manifest_name)
+    if done is not None:
+        return done
+
+    spec = job.spec()
+    progress = Progress(folder, options, part)
+    if progress.load():
+        progress.check_finished_shards(folder)
+    else:
+        progress.sources = [SourceEntry(spec.name, spec.describe(), "pretrain")]
+        progress.extra = {"val": 0, "train": 0}
+    clean_for_resume(folder, progress, f"*_{part + '_' if part else ''}[0-9]*.bin")
+    src = progress.sources[0]
+    tokens = progress.extra
+    # Each machine of a multi-machine job takes its share of the budgets.
+    val_target = job.val_tokens // job.num_workers
+    train_target = job.max_tokens // job.num_workers
+    row_index = progress.position
+
+    def checkpoint() -> None:
+        progress.position = row_index
+        progress.save()
+
+    out = ShardOutput(
+        folder, part=part, shard_tokens=job.shard_tokens, with_roles=False, entries=progress.shards, on_shard=checkpoint
+    )
+    rows = open_rows(spec, worker_index=job.worker_index, num_workers=job.num_workers)
+    rows = itertools.islice(rows, progress.position, None)  # resume: skip rows already in finished shards
+    results = ordered_map(encode_pretrain_batch, _batches(rows, BATCH_ROWS), job.workers)
+    bar = progress_bar(
+        total=val_target + train_target,
+        initial=min(tokens["val"], val_target) + tokens["train"],
+        desc=f"tokenize {spec.name}",
+        enabled=job.show_progress,
+    )
+    try:
+        for batch in results:
+            for result in batch:
+                if isinstance(result, str):
+                    src.skipped[result] = src.skipped.get(result, 0) + 1
+                else:
+                    split = "val" if tokens["val"] < val_target else "train"
+                    if split == "train" and tokens["train"] >= train_target:
+                        break
+                    out.add(split, result, None, 0)
+                    tokens[split] += len(result)
+                    src.documents += 1
+                    src.tokens += len(result)
+                    bar.update(len(result))
+                row_index += 1
+                src.rows_read = row_index
+            else:
+                bar.set_postfix(docs=f"{src.documents:,}", skipped=sum(src.skipped.values()), refresh=False)
+                continue
+            break
+        out.finish_shard()
+    except BaseException:
+        out.abort()
+        raise
+    finally:
+        bar.close()
+        results.close()
+    manifest = build_manifest("pretrain", progress.shards, [src], options, job.command)
+    if part:
+        from planck.shards.atomic import atomic_write_text
+
+        atomic_write_text(folder / manifest_name, manifest.to_json())
+    else:
+        write_manifest(folder, manifest)
+    progress.path.unlink(missing_ok=True)
+    return manifest
