@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from planck.tokenize.sources import SourceError
 
     args = build_parser().parse_args(argv)
+    args.command_line = ["planck", *(sys.argv[1:] if argv is None else argv)]  # recorded in manifests
     try:
         return int(args.handler(args) or 0)
     except (ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError) as exc:

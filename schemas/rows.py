@@ -141,7 +141,7 @@ def conversation(row: Any) -> list[Message]:
 
 def mmlu(row: Mapping[str, Any]) -> MultipleChoice:
     """Validate an MMLU row; the older `auxiliary_train` config nests the fields under `train`."""
-    if "question" not in row and isinstance(row.get("train"), Mapping):
+    if isinstance(row, Mapping) and "question" not in row and isinstance(row.get("train"), Mapping):
         row = row["train"]
     question = _text(row, "question")
     choices = _field(row, "choices")

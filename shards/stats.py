@@ -25,8 +25,11 @@ def _trained_per_document(shard) -> tuple[np.ndarray, np.ndarray]:
     role_counts = np.bincount(shard.roles, minlength=256).astype(np.int64)
     table = np.zeros(256, bool)
     table[: len(TRAINED_ROLE_TABLE)] = TRAINED_ROLE_TABLE
-    cumulative = np.concatenate([[0], np.cumsum(table[shard.roles], dtype=np.int64)])
-    per_doc = cumulative[shard.doc_offsets[1:]] - cumulative[shard.doc_offsets[:-1]]
+    trained = table[shard.roles]
+    per_doc = np.zeros(len(lengths), np.int64)
+    nonempty = lengths > 0  # reduceat needs strictly valid starts; empty documents train on nothing
+    if nonempty.any():
+        per_doc[nonempty] = np.add.reduceat(trained, shard.doc_offsets[:-1][nonempty].astype(np.int64), dtype=np.int64)
     return per_doc, role_counts
 
 

@@ -26,7 +26,7 @@ from planck.shards.writer import ShardWriter
 
 from .encode import render_chat_batch
 from .mixture import Mixture
-from .output import Progress, ShardOutput, build_manifest, clean_for_resume, finished
+from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished
 from .parallel import ordered_map
 from .progress_bar import progress_bar
 from .sources import SourceSpec, open_rows
@@ -126,7 +126,7 @@ def run_chat(job: ChatJob) -> Manifest:
     try:
         rendered = [open_shard(work / f"{i:02d}-{s.name}.bin", verify=True) for i, s in enumerate(specs)]
     except ShardError as exc:
-        raise RuntimeError(f"intermediate shard damaged ({exc}); delete {work} and re-run") from None
+        raise JobError(f"intermediate shard damaged ({exc}); delete {work} and re-run") from None
 
     src_order, doc_order, n_val = mixture_order(
         [r.num_documents for r in rendered], [s.repeats for s in specs], job.val_rows, job.mixture.seed
@@ -136,7 +136,7 @@ def run_chat(job: ChatJob) -> Manifest:
         progress.check_finished_shards(folder)
     else:
         progress.sources = entries
-    clean_for_resume(folder, progress, "*_[0-9]*.bin")
+    clean_for_resume(folder, progress, "")
     sources = progress.sources
     k = progress.position
 

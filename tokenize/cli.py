@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="a text corpus -> pretraining shards",
         description="Tokenize a text corpus: each document becomes <|endoftext|> + its GPT-2 tokens. The first "
-        "--val-tokens go to the validation split, then up to --max-tokens to the training split.",
+        "--val-tokens go to the validation split, then about --max-tokens to the training split (documents stay whole).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pt.add_argument(
@@ -49,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--config", help="dataset config (default for fineweb-edu: sample-10BT)")
     pt.add_argument("--split", default="train", help="dataset split to read")
     pt.add_argument("--out", type=Path, default=Path("shards/pretrain"), help="output folder")
-    pt.add_argument("--max-tokens", type=_count, default=3_000_000_000, help="training tokens to write (3B, 50M, ...)")
+    pt.add_argument("--max-tokens", type=_count, default=3_000_000_000, help="training tokens to write (3B, 50M, ...); documents stay whole, so the split ends at the document that reaches it")
     pt.add_argument(
-        "--val-tokens", type=_count, default=None, help="held-out validation tokens (default 10M; 100k for 'embedded')"
+        "--val-tokens", type=_count, default=None, help="held-out validation tokens, taken first (default 10M; 100k for 'embedded')"
     )
     pt.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard (documents are never split)")
     pt.add_argument("--workers", type=int, default=cpus, help="tokenizer processes on this machine")
@@ -115,7 +115,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     job = PretrainJob(
         source=args.source, out=args.out, config=args.config, split=args.split, max_tokens=args.max_tokens,
         val_tokens=val, shard_tokens=args.shard_tokens, workers=args.workers, worker_index=args.worker_index,
-        num_workers=args.num_workers, command=["planck", *sys.argv[1:]], show_progress=not args.quiet,
+        num_workers=args.num_workers, command=args.command_line, show_progress=not args.quiet,
     )
     manifest = run_pretrain(job)
     print(f"{args.out}: done\n{_summary(manifest)}")
@@ -132,7 +132,7 @@ def _chat(args: argparse.Namespace) -> int:
     point_at_local(mixture, args.source_path)
     job = ChatJob(
         mixture=mixture, out=args.out, val_rows=args.val_rows, shard_tokens=args.shard_tokens, workers=args.workers,
-        command=["planck", *sys.argv[1:]], show_progress=not args.quiet,
+        command=args.command_line, show_progress=not args.quiet,
     )
     manifest = run_chat(job)
     print(f"{args.out}: done ({mixture.name} mixture)\n{_summary(manifest)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,7 @@ from planck.schemas.tokenizer import (
 from planck.shards.atomic import atomic_write_text
 from planck.shards.folder import read_manifest
 from planck.shards.reader import ShardError, read_header
-from planck.shards.writer import ShardWriter, remove_partial_files
+from planck.shards.writer import ShardWriter
 
 
 class JobError(RuntimeError):
@@ -117,12 +118,22 @@ class Progress:
                 raise JobError(f"cannot resume: {folder / e.file} changed since it was written")
 
 
-def clean_for_resume(folder: Path, progress: Progress, pattern: str) -> None:
-    """Remove what a killed run left: temporary files, and finished shards the record does not list yet."""
-    remove_partial_files(folder)
+def shard_name(split: str, part: str, index: int) -> str:
+    """train_00012.bin, or train_w003_00012.bin for part 3 of a multi-machine job."""
+    return f"{split}_{part + '_' if part else ''}{index:05d}.bin"
+
+
+def clean_for_resume(folder: Path, progress: Progress, part: str) -> None:
+    """Remove what a killed run left: temporary files, and this part's shards the record does not list yet."""
     listed = {e.file for e in progress.shards}
-    for p in folder.glob(pattern):
-        if p.name not in listed:
+    mine = re.compile(rf"^(train|val)_{part + '_' if part else ''}\d{{5}}\.bin$")
+    # Only this part's temporary files: another machine may be writing its own into the same folder.
+    for p in folder.glob("*.tmp"):
+        stem = p.name.removesuffix(".tmp").removesuffix(".roles")
+        if mine.match(stem) or stem in (progress.path.name, progress.path.name.replace("progress", "manifest", 1)):
+            p.unlink()
+    for p in folder.glob("*.bin"):
+        if mine.match(p.name) and p.name not in listed:
             p.unlink()  # renamed but not yet recorded: the resumed run rewrites the same bytes
 
 
@@ -149,8 +160,7 @@ class ShardOutput:
         self._split = ""
 
     def _next_name(self, split: str) -> str:
-        index = sum(1 for e in self.entries if e.split == split)
-        return f"{split}_{self.part + '_' if self.part else ''}{index:05d}.bin"
+        return shard_name(split, self.part, sum(1 for e in self.entries if e.split == split))
 
     def add(self, split: str, ids: np.ndarray, roles: np.ndarray | None, source: int) -> None:
         """Append a document; a shard that is full (or of another split) is finished first."""

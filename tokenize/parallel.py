@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: let the parent stop cleanly, without a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int = 0) -> Iterator[R]:
@@ -23,7 +29,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_fligh
         return
     in_flight = in_flight or 4 * workers
     # spawn, not fork: the parent may hold threads (datasets' streaming, tqdm) that fork would copy mid-lock.
-    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
     pending: deque = deque()
     try:
         for item in items:

@@ -28,7 +28,8 @@ from .sources import EMBEDDED, SourceSpec, open_rows
 
 DEFAULT_SOURCE = "HuggingFaceFW/fineweb-edu"
 DEFAULT_CONFIG = "sample-10BT"
-BATCH_ROWS = 64  # rows per worker task; fixed, so output never depends on it
+BATCH_ROWS = 64
+LOCAL_SUFFIXES = {".parquet", ".jsonl", ".json", ".txt"}  # rows per worker task; fixed, so output never depends on it
 
 
 @dataclass
@@ -50,7 +51,8 @@ class PretrainJob:
         """The source as a SourceSpec: hub id, local files/folder, or the embedded corpus."""
         if self.source == EMBEDDED:
             return SourceSpec("embedded", "pretrain", path=EMBEDDED)
-        if Path(self.source).exists() or any(c in self.source for c in "*?[") or self.source.startswith(("/", ".")):
+        looks_local = self.source.startswith(("/", ".", "~")) or Path(self.source).suffix.lower() in LOCAL_SUFFIXES
+        if Path(self.source).exists() or any(c in self.source for c in "*?[") or looks_local:
             return SourceSpec("local", "pretrain", path=self.source, split=self.split, config=self.config)
         config = self.config if self.config is not None else (DEFAULT_CONFIG if self.source == DEFAULT_SOURCE else None)
         return SourceSpec(self.source.rstrip("/").split("/")[-1], "pretrain", hf=self.source, config=config, split=self.split)
@@ -92,6 +94,8 @@ def run_pretrain(job: PretrainJob) -> Manifest:
     done = finished(folder, options, manifest_name)
     if done is not None:
         return done
+    if part:  # a part adds shards to the folder: refuse one that holds another job's finished shards
+        finished(folder, {**options, "worker_index": None})
 
     spec = job.spec()
     progress = Progress(folder, options, part)
@@ -100,7 +104,7 @@ def run_pretrain(job: PretrainJob) -> Manifest:
     else:
         progress.sources = [SourceEntry(spec.name, spec.describe(), "pretrain")]
         progress.extra = {"val": 0, "train": 0}
-    clean_for_resume(folder, progress, f"*_{part + '_' if part else ''}[0-9]*.bin")
+    clean_for_resume(folder, progress, part)
     src = progress.sources[0]
     tokens = progress.extra
     # Each machine of a multi-machine job takes its share of the budgets.
