@@ -54,8 +54,24 @@ SCHEMAS: dict[str, pa.Schema] = {
     "identity": CONVERSATION,
 }
 CHAT_FORMATS = ("conversation", "mmlu", "gsm8k", "arc", "identity")
+# Columns a table must have for its rows to be usable at all (any one alternative).
+REQUIRED_COLUMNS: dict[str, list[tuple[str, ...]]] = {
+    "pretrain": [("text",)],
+    "conversation": [("messages",)],
+    "identity": [("messages",)],
+    "mmlu": [("question", "choices", "answer"), ("train",)],  # ("train",): the older auxiliary_train config
+    "gsm8k": [("question", "answer")],
+    "arc": [("question", "choices", "answerKey")],
+}
 ROLES = ("system", "user", "assistant")
 LETTERS = "ABCDEFGHIJ"
+
+
+def missing_columns(fmt: str, columns: list[str]) -> list[str]:
+    """Required columns of `fmt` that a table lacks ([] when some alternative is complete)."""
+    have = set(columns)
+    gaps = [[c for c in alt if c not in have] for alt in REQUIRED_COLUMNS[fmt]]
+    return [] if any(not g for g in gaps) else gaps[0]
 
 
 class RowError(ValueError):

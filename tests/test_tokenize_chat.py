@@ -472,3 +472,18 @@ def test_resume_after_kill_9_while_rendering(big_job, tmp_path):
     assert (work / "00-identity.json").exists() and not (work / "01-big.json").exists()
     assert not (out / "progress.json").exists()
     _finish_and_compare(mix, out, ref)
+
+
+def test_a_table_without_the_formats_columns_is_a_clear_error(tmp_path, planck):
+    """A parquet file of the wrong schema is refused up front, naming the source, the missing column and the schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"prompt": ["hi"], "response": ["hello"]}), wrong)
+    mix = tmp_path / "m.toml"
+    mix.write_text(f'[[source]]\nname = "talk"\npath = "{wrong}"\nformat = "conversation"\n')
+    proc = planck("tokenize", "chat", "--mixture", mix, "--out", tmp_path / "out", "--workers", "1", "--quiet", check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert str(wrong) in proc.stderr and "no column messages" in proc.stderr and "prompt" in proc.stderr

@@ -398,3 +398,16 @@ def test_multi_machine_parts_and_merge(planck, tmp_path, text_corpus):
     }
     verify = planck("shards", "verify", out)
     assert verify.stdout.startswith("ok")
+
+
+def test_pretrain_table_without_text_column_is_a_clear_error(tmp_path, planck):
+    """A Fineweb-shaped job over a table with no `text` column stops at once and says which column is missing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"content": ["some prose"], "id": ["a"]}), bad)
+    proc = planck("tokenize", "pretrain", "--source", bad, "--out", tmp_path / "out", "--workers", "1", "--quiet", check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "no column text" in proc.stderr and str(bad) in proc.stderr

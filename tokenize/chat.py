@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from planck.schemas.manifest import Manifest, SourceEntry
+from planck.schemas.manifest import MANIFEST_NAME, Manifest, SourceEntry
 from planck.schemas.shard_header import FORMAT_VERSION
 from planck.schemas.tokenizer import VOCAB_SIZE, tokenizer_fingerprint
 from planck.shards.atomic import atomic_write_text
-from planck.shards.folder import write_manifest
 from planck.shards.reader import ShardError, open_shard
 from planck.shards.writer import ShardWriter
 
 from .encode import render_chat_batch
 from .mixture import Mixture
-from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished
+from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished, publish
 from .parallel import ordered_map
 from .progress_bar import progress_bar
 from .sources import SourceSpec, open_rows
@@ -162,7 +161,6 @@ def run_chat(job: ChatJob) -> Manifest:
     finally:
         bar.close()
     manifest = build_manifest("chat", progress.shards, sources, options, job.command)
-    write_manifest(folder, manifest)
-    progress.path.unlink(missing_ok=True)
+    publish(folder / MANIFEST_NAME, manifest, progress)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

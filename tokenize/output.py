@@ -205,6 +205,12 @@ def finished(folder: Path, options: dict[str, Any], manifest_name: str = "manife
     return m
 
 
+def publish(path: Path, manifest: Manifest, progress: Progress) -> None:
+    """Write the manifest last (its presence means the job finished), then drop the resume record."""
+    atomic_write_text(path, manifest.to_json())
+    progress.path.unlink(missing_ok=True)
+
+
 def build_manifest(kind: str, shards: list[ShardEntry], sources: list[SourceEntry], options: dict[str, Any], command: list[str]) -> Manifest:
     """The manifest of a finished job."""
     trained = sorted(int(r) for r in TRAINED_ROLES) if kind == "chat" else [0]

@@ -10,7 +10,6 @@ from typing import Any, Iterator
 from planck.schemas.manifest import Manifest, SourceEntry
 from planck.schemas.shard_header import FORMAT_VERSION
 from planck.schemas.tokenizer import tokenizer_fingerprint
-from planck.shards.folder import write_manifest
 
 from .encode import encode_pretrain_batch
 from .output import (
@@ -21,6 +20,7 @@ from .output import (
     clean_for_resume,
     finished,
     part_suffix,
+    publish,
 )
 from .parallel import ordered_map
 from .progress_bar import progress_bar
@@ -129,25 +129,22 @@ def run_pretrain(job: PretrainJob) -> Manifest:
         enabled=job.show_progress,
     )
     try:
-        for batch in results:
-            for result in batch:
-                if isinstance(result, str):
-                    src.skipped[result] = src.skipped.get(result, 0) + 1
-                else:
-                    split = "val" if tokens["val"] < val_target else "train"
-                    if split == "train" and tokens["train"] >= train_target:
-                        break
-                    out.add(split, result, None, 0)
-                    tokens[split] += len(result)
-                    src.documents += 1
-                    src.tokens += len(result)
-                    bar.update(len(result))
-                row_index += 1
-                src.rows_read = row_index
+        for result in itertools.chain.from_iterable(results):  # one result per row, in row order
+            if isinstance(result, str):
+                src.skipped[result] = src.skipped.get(result, 0) + 1
             else:
+                split = "val" if tokens["val"] < val_target else "train"
+                if split == "train" and tokens["train"] >= train_target:
+                    break
+                out.add(split, result, None, 0)
+                tokens[split] += len(result)
+                src.documents += 1
+                src.tokens += len(result)
+                bar.update(len(result))
+            row_index += 1
+            src.rows_read = row_index
+            if row_index % BATCH_ROWS == 0:
                 bar.set_postfix(docs=f"{src.documents:,}", skipped=sum(src.skipped.values()), refresh=False)
-                continue
-            break
         out.finish_shard()
     except BaseException:
         out.abort()
@@ -156,11 +153,5 @@ def run_pretrain(job: PretrainJob) -> Manifest:
         bar.close()
         results.close()
     manifest = build_manifest("pretrain", progress.shards, [src], options, job.command)
-    if part:
-        from planck.shards.atomic import atomic_write_text
-
-        atomic_write_text(folder / manifest_name, manifest.to_json())
-    else:
-        write_manifest(folder, manifest)
-    progress.path.unlink(missing_ok=True)
+    publish(folder / manifest_name, manifest, progress)
     return manifest

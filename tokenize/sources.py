@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from planck.schemas.rows import CHAT_FORMATS
+from planck.schemas.rows import CHAT_FORMATS, SCHEMAS, missing_columns
 
 from . import embedded
 
@@ -119,6 +119,12 @@ def open_rows(spec: SourceSpec, *, worker_index: int = 0, num_workers: int = 1) 
     if spec.format == "identity" and spec.path and spec.path.endswith(".json"):
         return (r for i, r in enumerate(_identity_rows(spec)) if i % num_workers == worker_index)
     ds = _dataset(spec)
+    columns = ds.column_names  # known up front for parquet and the hub; None for JSON until read
+    if columns is not None and (missing := missing_columns(spec.format, columns)):
+        raise SourceError(
+            f"{spec.describe()}: no column {', '.join(missing)} (it has {', '.join(columns)}); "
+            f"a {spec.format} source has this schema:\n{SCHEMAS[spec.format]}"
+        )
     if num_workers > 1:
         from datasets.distributed import split_dataset_by_node
 
