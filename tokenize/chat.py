@@ -26,7 +26,7 @@ from planck.shards.writer import ShardWriter
 from .encode import render_chat_batch
 from .mixture import Mixture
 from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished, publish
-from .parallel import ordered_map
+from .parallel import WorkerPool
 from .progress_bar import progress_bar
 from .sources import SourceSpec, open_rows
 
@@ -60,7 +60,7 @@ class ChatJob:
         }
 
 
-def _render_source(job: ChatJob, index: int, spec: SourceSpec, work: Path) -> SourceEntry:
+def _render_source(job: ChatJob, index: int, spec: SourceSpec, work: Path, pool: WorkerPool) -> SourceEntry:
     """Pass 1 for one source: every valid row rendered once into `.work/NN-name.bin`."""
     stem = f"{index:02d}-{spec.name}"
     meta_path = work / f"{stem}.json"
@@ -73,7 +73,7 @@ def _render_source(job: ChatJob, index: int, spec: SourceSpec, work: Path) -> So
     rows = itertools.islice(open_rows(spec), spec.max_rows)
     batches = ((spec.format, list(b)) for b in iter(lambda: list(itertools.islice(rows, BATCH_ROWS)), []))
     bar = progress_bar(spec.max_rows, f"render {spec.name}", job.show_progress, unit="row")
-    results = ordered_map(render_chat_batch, batches, job.workers)
+    results = pool.map_ordered(render_chat_batch, batches)
     try:
         with ShardWriter(work / f"{stem}.bin", vocab_size=VOCAB_SIZE, fingerprint=tokenizer_fingerprint(), with_roles=True) as w:
             for batch in results:
@@ -121,7 +121,8 @@ def run_chat(job: ChatJob) -> Manifest:
     work = folder / ".work"
     work.mkdir(exist_ok=True)
     specs = job.mixture.sources
-    entries = [_render_source(job, i, s, work) for i, s in enumerate(specs)]
+    with WorkerPool(job.workers) as pool:
+        entries = [_render_source(job, i, s, work, pool) for i, s in enumerate(specs)]
     try:
         rendered = [open_shard(work / f"{i:02d}-{s.name}.bin", verify=True) for i, s in enumerate(specs)]
     except ShardError as exc:

@@ -1,4 +1,4 @@
-"""An ordered, bounded parallel map over worker processes (results come back in input order)."""
+"""Worker processes for the tokenizer job: an ordered, bounded parallel map (results come back in input order)."""
 
 from __future__ import annotations
 
@@ -17,26 +17,44 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, in_flight: int = 0) -> Iterator[R]:
-    """fn over items in `workers` processes, at most `in_flight` items pending, results in order.
+class WorkerPool:
+    """`workers` processes started once and reused by every map (a spawn costs about a second of imports).
 
-    With workers <= 1 it runs in this process: on one core, inter-process copies only cost.
-    Bounded, unlike Pool.imap, whose feeder would read a 3B-token stream into memory.
+    With workers <= 1 everything runs in this process: on one core, inter-process copies only cost.
     """
-    if workers <= 1:
-        for item in items:
-            yield fn(item)
-        return
-    in_flight = in_flight or 4 * workers
-    # spawn, not fork: the parent may hold threads (datasets' streaming, tqdm) that fork would copy mid-lock.
-    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(ex.submit(fn, item))
-            if len(pending) >= in_flight:
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._ex: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "WorkerPool":
+        if self.workers > 1:
+            # spawn, not fork: the parent may hold threads (datasets' streaming, tqdm) that fork would copy mid-lock.
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=False, cancel_futures=True)
+
+    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], in_flight: int = 0) -> Iterator[R]:
+        """fn over items, results in input order, at most `in_flight` items pending.
+
+        Bounded, unlike Pool.imap, whose feeder would read a 3B-token stream into memory.
+        """
+        if self._ex is None:
+            for item in items:
+                yield fn(item)
+            return
+        in_flight = in_flight or 4 * self.workers
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(self._ex.submit(fn, item))
+                if len(pending) >= in_flight:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        ex.shutdown(wait=False, cancel_futures=True)
+        finally:
+            for f in pending:
+                f.cancel()

@@ -22,7 +22,7 @@ from .output import (
     part_suffix,
     publish,
 )
-from .parallel import ordered_map
+from .parallel import WorkerPool
 from .progress_bar import progress_bar
 from .sources import EMBEDDED, SourceSpec, open_rows
 
@@ -121,37 +121,37 @@ def run_pretrain(job: PretrainJob) -> Manifest:
     )
     rows = open_rows(spec, worker_index=job.worker_index, num_workers=job.num_workers)
     rows = itertools.islice(rows, progress.position, None)  # resume: skip rows already in finished shards
-    results = ordered_map(encode_pretrain_batch, _batches(rows, BATCH_ROWS), job.workers)
     bar = progress_bar(
         total=val_target + train_target,
         initial=min(tokens["val"], val_target) + tokens["train"],
         desc=f"tokenize {spec.name}",
         enabled=job.show_progress,
     )
-    try:
-        for result in itertools.chain.from_iterable(results):  # one result per row, in row order
-            if isinstance(result, str):
-                src.skipped[result] = src.skipped.get(result, 0) + 1
-            else:
-                split = "val" if tokens["val"] < val_target else "train"
-                if split == "train" and tokens["train"] >= train_target:
-                    break
-                out.add(split, result, None, 0)
-                tokens[split] += len(result)
-                src.documents += 1
-                src.tokens += len(result)
-                bar.update(len(result))
-            row_index += 1
-            src.rows_read = row_index
-            if row_index % BATCH_ROWS == 0:
-                bar.set_postfix(docs=f"{src.documents:,}", skipped=sum(src.skipped.values()), refresh=False)
-        out.finish_shard()
-    except BaseException:
-        out.abort()
-        raise
-    finally:
-        bar.close()
-        results.close()
+    with WorkerPool(job.workers) as pool, bar:
+        results = pool.map_ordered(encode_pretrain_batch, _batches(rows, BATCH_ROWS))
+        try:
+            for result in itertools.chain.from_iterable(results):  # one result per row, in row order
+                if isinstance(result, str):
+                    src.skipped[result] = src.skipped.get(result, 0) + 1
+                else:
+                    split = "val" if tokens["val"] < val_target else "train"
+                    if split == "train" and tokens["train"] >= train_target:
+                        break
+                    out.add(split, result, None, 0)
+                    tokens[split] += len(result)
+                    src.documents += 1
+                    src.tokens += len(result)
+                    bar.update(len(result))
+                row_index += 1
+                src.rows_read = row_index
+                if row_index % BATCH_ROWS == 0:
+                    bar.set_postfix(docs=f"{src.documents:,}", skipped=sum(src.skipped.values()), refresh=False)
+            out.finish_shard()
+        except BaseException:
+            out.abort()
+            raise
+        finally:
+            results.close()
     manifest = build_manifest("pretrain", progress.shards, [src], options, job.command)
     publish(folder / manifest_name, manifest, progress)
     return manifest
