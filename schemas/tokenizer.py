@@ -72,3 +72,15 @@ def check_vocab() -> None:
         raise TokenizerUnavailable(
             f"unexpected GPT-2 table: {enc.n_vocab} tokens, <|endoftext|>={enc.eot_token}"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def token_byte_lengths() -> "np.ndarray":
+    """UTF-8 bytes each id stands for, over the padded vocabulary (0 for special and padding ids): bits-per-byte needs it."""
+    import numpy as np
+
+    enc = get_tokenizer()
+    lengths = np.zeros(PADDED_VOCAB_SIZE, dtype=np.int32)
+    for token, rank in enc._mergeable_ranks.items():
+        lengths[rank] = len(token)
+    return lengths

@@ -1,0 +1,215 @@
+"""Typed run configuration: model, optimizer, training; presets in configs/presets/*.toml; strict `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planck.schemas.tokenizer import PADDED_VOCAB_SIZE
+
+PHASES = ("pretrain", "midtrain", "sft")
+
+
+class ConfigError(ValueError):
+    """An unknown key, a wrong type or an invalid value; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = PADDED_VOCAB_SIZE  # 50,304: GPT-2 + chat tokens, padded to a multiple of 64
+    seq_len: int = 1024
+    n_layer: int = 12
+    d_model: int = 768
+    n_head: int = 6  # query heads
+    n_kv_head: int = 1  # one shared K/V head: multi-query attention
+    head_dim: int = 128
+    mlp_ratio: int = 4
+    rope_base: float = 10000.0
+    logit_softcap: float = 15.0
+    compute_dtype: str = "bfloat16"  # params stay float32; matmuls run in this dtype
+    remat: bool = False  # jax.checkpoint per block: less activation memory, ~30% more compute
+
+    def validate(self) -> None:
+        """Raise ConfigError on values the model cannot be built with."""
+        if self.n_head % self.n_kv_head:
+            raise ConfigError("model.n_head must be a multiple of model.n_kv_head")
+        if self.head_dim % 2:
+            raise ConfigError("model.head_dim must be even (RoPE rotates pairs)")
+        if self.compute_dtype not in ("bfloat16", "float32", "float16"):
+            raise ConfigError(f"model.compute_dtype {self.compute_dtype!r}: expected bfloat16, float32 or float16")
+        for name in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "mlp_ratio"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive")
+
+
+@dataclass
+class OptimConfig:
+    muon_lr: float = 0.06  # the 2-D block matrices
+    adam_lr: float = 0.008  # embedding and output head
+    adam_b1: float = 0.65
+    adam_b2: float = 0.95
+    muon_momentum: float = 0.95
+    clip_norm: float = 1.0
+    stable_fraction: float = 0.55  # constant LR for this fraction of the steps, then linear decay
+    final_lr_fraction: float = 0.1  # LR at the last step, as a fraction of the peak
+
+    def validate(self) -> None:
+        """Raise ConfigError on out-of-range values."""
+        if not 0.0 <= self.stable_fraction <= 1.0:
+            raise ConfigError("optim.stable_fraction must be within [0, 1]")
+        if not 0.0 <= self.final_lr_fraction <= 1.0:
+            raise ConfigError("optim.final_lr_fraction must be within [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5277  # optimizer steps
+    micro_batch: int = 4  # sequences per device per micro-step
+    grad_accum: int = 128  # micro-steps per optimizer step: 4 x 128 = 512 sequences
+    log_every: int = 10
+    eval_every: int = 250
+    eval_batches: int = 20
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    loader_workers: int = 0  # grain worker processes; reading memory-mapped shards in-process is fastest
+
+    def validate(self) -> None:
+        """Raise ConfigError on non-positive counts."""
+        for name in ("steps", "micro_batch", "grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def validate(self) -> "RunConfig":
+        """Check every section; returns self."""
+        self.model.validate()
+        self.optim.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (what runs/NAME/config.toml holds)."""
+        return dataclasses.asdict(self)
+
+
+# The original run's settings per phase; a preset's values and --set come on top.
+PHASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"optim.muon_lr": 0.06, "optim.adam_lr": 0.008, "train.steps": 5277,
+                 "optim.stable_fraction": 0.55, "optim.final_lr_fraction": 0.1},
+    "midtrain": {"optim.muon_lr": 0.06, "optim.adam_lr": 0.008, "train.steps": 797,
+                 "optim.stable_fraction": 0.8, "optim.final_lr_fraction": 0.1},
+    "sft": {"optim.muon_lr": 0.0012, "optim.adam_lr": 0.00016, "train.steps": 20,
+            "optim.stable_fraction": 0.0, "optim.final_lr_fraction": 0.0},
+}
+
+
+def _coerce(key: str, kind: Any, value: Any) -> Any:
+    """Check (and for strings from the command line, parse) a value against a field's type."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return text.lower() in ("true", "1", "yes")
+            if kind is int:
+                return int(text.replace("_", ""))
+            if kind is float:
+                return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _set(cfg: RunConfig, key: str, value: Any) -> None:
+    parts = key.split(".")
+    target: Any = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or p not in {f.name for f in dataclasses.fields(target)}:
+            raise ConfigError(f"unknown config key {key!r}")
+        target = getattr(target, p)
+    fields = {f.name: f for f in dataclasses.fields(target)} if dataclasses.is_dataclass(target) else {}
+    name = parts[-1]
+    if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
+        known = ", ".join(sorted(f"{'.'.join(parts[:-1]) + '.' if parts[:-1] else ''}{n}" for n in fields))
+        raise ConfigError(f"unknown config key {key!r}" + (f"; known here: {known}" if known else ""))
+    hints = typing.get_type_hints(type(target))
+    setattr(target, name, _coerce(key, hints[name], value))
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """configs/presets/NAME.toml (or a path to a .toml file)."""
+    if name.endswith(".toml"):
+        return Path(name)
+    import planck.configs.presets as shipped  # a namespace package: look through its __path__
+
+    for folder in shipped.__path__:
+        candidate = Path(folder) / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"unknown preset {name!r}")
+
+
+def load_config(preset: str, phase: str = "pretrain", overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
+    """Defaults, then the phase's settings, then the preset file, then `key=value` overrides; validated."""
+    if phase not in PHASES:
+        raise ConfigError(f"unknown phase {phase!r}; expected one of {PHASES}")
+    cfg = RunConfig()
+    for key, value in PHASE_DEFAULTS[phase].items():
+        _set(cfg, key, value)
+    path = preset_path(preset)
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such preset file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    per_phase = table.pop("phase", {})
+    for key, value in _flatten(table).items():
+        _set(cfg, key, value)
+    for key, value in _flatten(per_phase.get(phase, {})).items():
+        _set(cfg, key, value)
+    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+    for key, value in items:
+        _set(cfg, key, value)
+    return cfg.validate()
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=200")
+    return key.strip(), value
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict()` output (a run's saved config), strictly."""
+    cfg = RunConfig()
+    for key, value in _flatten(raw).items():
+        _set(cfg, key, value)
+    return cfg.validate()
