@@ -7,6 +7,7 @@ import sys
 
 from planck.shards import cli as shards_cli
 from planck.tokenize import cli as tokenize_cli
+from planck.train import cli as train_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,13 +15,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="planck",
         description="PlanckGPT: train a ~150M-parameter GPT chat model from scratch on one GPU.\n\n"
-        "Data flow: planck tokenize -> shards/<name>/ (uint16 shards + manifest.json) -> planck shards.",
+        "Data flow: planck tokenize -> shards/<name>/ (uint16 shards + manifest.json) -> planck train -> runs/<name>/final/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
+    train_cli.register(sub)
     return parser
 
 
@@ -42,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     from planck.tokenize.mixture import MixtureError
     from planck.tokenize.output import JobError
     from planck.tokenize.sources import SourceError
+    from planck.train.config import ConfigError
+    from planck.train.errors import TrainingError
 
     args = build_parser().parse_args(argv)
     args.command_line = ["planck", *(sys.argv[1:] if argv is None else argv)]  # recorded in manifests
     try:
         return int(args.handler(args) or 0)
-    except (ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError) as exc:
+    except (
+        ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError, ConfigError, TrainingError
+    ) as exc:
         print(f"planck: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,213 @@
+"""The training data loader: fixed-length token windows over a shard folder, shuffled and batched by grain.
+
+numpy only: the trainer moves batches to devices itself, so worker processes never import JAX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from planck.schemas.chat_template import TRAINED_ROLE_TABLE, Role
+from planck.schemas.tokenizer import ENDOFTEXT_ID, token_byte_lengths
+from planck.shards.folder import ShardFolder
+from planck.shards.reader import Shard
+
+PAD_ID = ENDOFTEXT_ID  # fills chat windows after the last whole conversation; its mask is 0
+
+# Pretrain shards store no roles: every token is TEXT, so the mask is this constant.
+_TEXT_TRAINED = float(TRAINED_ROLE_TABLE[Role.TEXT])
+
+
+def pack_conversations(doc_offsets: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy packing of one shard's conversations into windows: (token start, token count, truncated) per window."""
+    offs = np.asarray(doc_offsets, dtype=np.int64)
+    n = len(offs) - 1
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    # For every conversation i, the first conversation that no longer fits in a window
+    # opened at i; a conversation longer than the window is alone in its own (truncated).
+    end = np.searchsorted(offs, offs[:-1] + window, side="right") - 1
+    end = np.maximum(end, np.arange(1, n + 1))
+    # Greedy packing is a chain of jumps 0 -> end[0] -> ...: sequential by nature, but one
+    # list lookup per window (not per conversation) keeps 1M conversations well under a second.
+    nxt = end.tolist()
+    starts: list[int] = []
+    s = 0
+    while s < n:
+        starts.append(s)
+        s = nxt[s]
+    first = np.asarray(starts, dtype=np.int64)
+    tok_start = offs[first]
+    tok_count = np.minimum(offs[end[first]] - tok_start, window)
+    truncated = int(np.count_nonzero(np.diff(offs) > window))
+    return tok_start, tok_count, truncated
+
+
+class ShardWindows:
+    """A grain random-access source of {"inputs", "targets", "mask"} windows over one split of a shard folder."""
+
+    def __init__(self, folder: Path | str, split: str, seq_len: int, *, verify: bool = False):
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        self.split = split
+        self.seq_len = int(seq_len)
+        self._folder = ShardFolder(Path(folder), verify=verify)
+        self._entries = self._folder.entries(split)
+        self.kind = self._folder.manifest.kind
+        if not self._entries:
+            raise ValueError(f"{self._folder.folder}: no {split!r} shards in the manifest")
+        if self.kind not in ("pretrain", "chat"):
+            raise ValueError(f"{self._folder.folder}: unknown shard kind {self.kind!r}")
+        window = self.seq_len + 1
+        # Open every shard once here, in the parent: a bad or stale file fails at start-up, not
+        # inside a worker mid-run. The maps are dropped afterwards and reopened lazily.
+        shards = [self._folder.open(e) for e in self._entries]
+        self._folder.verify = False  # checksums (if asked for) were checked just now; reopening skips them
+        self.truncated = 0  # chat conversations longer than seq_len + 1, cut to one window
+        if self.kind == "pretrain":
+            for sh in shards:
+                if sh.roles is not None:
+                    raise ValueError(f"{sh.path}: a pretrain folder holds a shard with role ids")
+            per_shard = np.array([max(sh.num_tokens - 1, 0) // self.seq_len for sh in shards], dtype=np.int64)
+            # first[s] = index of shard s's first window; windows of shard s are first[s]..first[s+1]-1.
+            self._first = np.concatenate([[0], np.cumsum(per_shard)])
+            self._len = int(self._first[-1])
+        else:
+            parts_shard, parts_start, parts_count = [], [], []
+            for s, sh in enumerate(shards):
+                if sh.roles is None:
+                    raise ValueError(f"{sh.path}: a chat folder holds a shard without role ids")
+                # Packed per shard: a window is then one contiguous slice of one file.
+                start, count, truncated = pack_conversations(sh.doc_offsets, window)
+                parts_shard.append(np.full(len(start), s, dtype=np.int32))
+                parts_start.append(start)
+                parts_count.append(count.astype(np.int32))
+                self.truncated += truncated
+            self._win_shard = np.concatenate(parts_shard)
+            self._win_start = np.concatenate(parts_start)
+            self._win_count = np.concatenate(parts_count)
+            self._len = len(self._win_start)
+        if self._len == 0:
+            raise ValueError(
+                f"{self._folder.folder}: the {split!r} split has no window of {window} tokens (seq_len {self.seq_len})"
+            )
+        self._shards: list[Shard] | None = None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _open(self) -> list[Shard]:
+        """The split's shards, memory-mapped on first use in this process."""
+        shards = self._shards
+        if shards is None:
+            # Two grain reader threads may race here; both build valid lists and one wins.
+            shards = [self._folder.open(e) for e in self._entries]
+            self._shards = shards
+        return shards
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        """Window `index` as int32 inputs/targets and float32 mask, each of length seq_len."""
+        i = operator.index(index)
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"window {index} out of range for {self._len} windows")
+        shards = self._open()
+        L = self.seq_len
+        if self.kind == "pretrain":
+            s = int(np.searchsorted(self._first, i, side="right")) - 1
+            start = (i - int(self._first[s])) * L
+            w = shards[s].tokens[start : start + L + 1].astype(np.int32)
+            mask = np.full(L, _TEXT_TRAINED, dtype=np.float32)
+        else:
+            sh = shards[int(self._win_shard[i])]
+            start, count = int(self._win_start[i]), int(self._win_count[i])
+            w = np.full(L + 1, PAD_ID, dtype=np.int32)
+            w[:count] = sh.tokens[start : start + count]
+            mask = np.zeros(L, dtype=np.float32)
+            # Target t is token t + 1: its role decides whether the loss counts it.
+            mask[: count - 1] = TRAINED_ROLE_TABLE[sh.roles[start + 1 : start + count]]
+        return {"inputs": w[:-1], "targets": w[1:], "mask": mask}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Grain pickles the source into each worker: ship the plan, never the mapped files.
+        state = self.__dict__.copy()
+        state["_shards"] = None
+        return state
+
+    def __repr__(self) -> str:
+        # Grain's checkpoints compare repr(source): built from content (checksums), not paths
+        # or object ids, so a folder moved to another machine still resumes.
+        content = json.dumps(
+            [self.kind, self._folder.manifest.tokenizer.get("fingerprint"), [(e.file, e.tokens, e.checksum) for e in self._entries]]
+        )
+        digest = hashlib.blake2b(content.encode(), digest_size=8).hexdigest()
+        return (
+            f"ShardWindows(kind={self.kind!r}, split={self.split!r}, seq_len={self.seq_len}, "
+            f"shards={len(self._entries)}, tokens={sum(e.tokens for e in self._entries)}, content={digest})"
+        )
+
+
+def _mark_absl_flags_parsed() -> None:
+    """Let grain's workers read absl flags when no absl app parsed the command line."""
+    from absl import flags
+
+    # grain 0.2.18 workers read --grain_enable_multiprocess_worker_profiling on their first
+    # next() and raise UnparsedFlagAccessError unless the flags count as parsed.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_batches(
+    source: ShardWindows,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    workers: int = 0,
+) -> grain.IterDataset:
+    """The training stream: shuffled (reshuffled each epoch), repeated, sliced per host, batched; iter() it for a checkpointable iterator."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    # repeat() folds the epoch into the shuffle's seed: every epoch is a new permutation.
+    ds = ds.repeat(num_epochs)
+    # Slice after shuffle/repeat and before batch: hosts see disjoint examples of one global order.
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds[shard_index::shard_count]
+    # Reading a window is a memory-mapped slice: reader threads only add GIL contention
+    # (bench/loader_throughput.py), so read in the calling thread.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    if workers > 0:
+        _mark_absl_flags_parsed()
+        # A saved iterator state restores only with the same worker count: keep it in the run config.
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return it
+
+
+def eval_batches(source: ShardWindows, *, batch_size: int, num_batches: int) -> grain.MapDataset:
+    """The first num_batches batches of the source in order: the same validation set on every call."""
+    available = len(source) // batch_size
+    if num_batches > available:
+        raise ValueError(f"{source!r} holds {available} batches of {batch_size}, not {num_batches}")
+    return grain.MapDataset.source(source)[: num_batches * batch_size].batch(batch_size, drop_remainder=True)
+
+
+def target_bytes(batch: dict[str, np.ndarray]) -> int:
+    """UTF-8 bytes of the targets the mask counts: the denominator of bits per byte."""
+    lengths = token_byte_lengths()
+    return int(lengths[np.asarray(batch["targets"])][np.asarray(batch["mask"]) > 0].sum())

@@ -1,0 +1,275 @@
+"""The training loop: run folder, data, model, optimizer, resume, logging, evaluation, checkpoints, final weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from planck.schemas.tokenizer import TOKENIZER_NAME, tokenizer_fingerprint
+from planck.shards.folder import ShardFolder
+
+from .checkpoint import Checkpoints, load_final, save_final
+from .config import RunConfig, config_from_dict
+from .errors import TrainingError
+from .data import ShardWindows, eval_batches, make_batches, target_bytes
+from .model import GPT, count_params, flops_per_token
+from .optim import lr_schedule, make_optimizer
+from .step import eval_step, train_step
+
+log = logging.getLogger("planck.train")
+
+# Dense bf16 peak FLOP/s by device kind, for MFU; unknown devices (CPUs) report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "loss.png"
+
+
+def peak_flops() -> float | None:
+    """The device's dense bf16 peak, if known."""
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops * jax.device_count()
+    return None
+
+
+def _check_run_folder(paths: RunPaths, cfg: RunConfig, phase: str, data: Path) -> None:
+    """A re-run must use the run's own settings: resuming with other ones would not be the same run."""
+    want = {"phase": phase, "data": str(Path(data).absolute()), "config": cfg.to_dict()}
+    if paths.config.exists():
+        have = json.loads(paths.config.read_text())
+        if have != want:
+            diff = sorted(k for k in ("phase", "data") if have.get(k) != want[k])
+            flat_have, flat_want = _flat(have["config"]), _flat(want["config"])
+            diff += sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k))
+            raise TrainingError(
+                f"{paths.root} holds a run with other settings ({', '.join(diff)}); re-run with the same ones to resume, "
+                "or use another --run-dir"
+            )
+    else:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.config.write_text(json.dumps(want, indent=2))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from: they will be logged again, identically."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _plot(paths: RunPaths) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # plotting is optional: pip install 'planckgpt[plot]'
+    rows = [json.loads(x) for x in paths.metrics.read_text().splitlines() if x.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(paths.root.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths.plot, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(model, source: ShardWindows, batch_size: int, num_batches: int, sharding) -> dict[str, float]:
+    """Validation loss (nats per trained token) and bits per byte over the first `num_batches` batches."""
+    loss_sum = tokens = nbytes = 0.0
+    for batch in eval_batches(source, batch_size=batch_size, num_batches=num_batches):
+        arrays = {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
+        ls, n = eval_step(model, arrays)
+        loss_sum += float(ls)
+        tokens += float(n)
+        nbytes += target_bytes(batch)
+    if tokens == 0:
+        return {}
+    return {"val_loss": loss_sum / tokens, "val_bpb": loss_sum / (math.log(2) * max(nbytes, 1.0))}
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    phase: str,
+    data: Path,
+    run_dir: Path,
+    init_from: Path | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) one phase into `run_dir`; returns the last logged metrics."""
+    paths = RunPaths(Path(run_dir))
+    folder = ShardFolder(Path(data))  # checks the manifest and the tokenizer up front
+    if folder.manifest.tokenizer["fingerprint"] != tokenizer_fingerprint().hex():
+        raise TrainingError(f"{data} was tokenized with another tokenizer than this planck's")
+    _check_run_folder(paths, cfg, phase, data)
+
+    n_dev = jax.device_count()
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(None, "data"))  # (grad_accum, batch, seq_len): batch split over devices
+    eval_sharding = NamedSharding(mesh, P("data"))
+    local_batch = cfg.train.micro_batch * jax.local_device_count()
+    global_batch = cfg.train.micro_batch * n_dev
+
+    train_src = ShardWindows(folder.folder, "train", cfg.model.seq_len)
+    if len(train_src) < local_batch:
+        raise TrainingError(f"{data}: the train split has {len(train_src)} windows of {cfg.model.seq_len + 1} tokens, fewer than one batch")
+    val_src = ShardWindows(folder.folder, "val", cfg.model.seq_len) if folder.entries("val") else None
+    data_iter = iter(
+        make_batches(
+            train_src, batch_size=local_batch, seed=cfg.seed, shard_index=jax.process_index(),
+            shard_count=jax.process_count(), workers=cfg.train.loader_workers,
+        )
+    )
+
+    model = GPT(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    if init_from is not None:
+        meta = load_final(Path(init_from) / "final", model)
+        log.info("initialised from %s (phase %s, step %s)", init_from, meta.get("phase"), meta.get("step"))
+    optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    nnx.update((model, optimizer), jax.device_put(state, replicated))
+    n_params = count_params(model)
+    fpt = flops_per_token(cfg.model)
+    peak = peak_flops()
+
+    ckpt = Checkpoints(paths.root, cfg.train.keep_checkpoints)
+    meta = ckpt.restore_latest(model, optimizer, data_iter)
+    step = int(meta["step"]) if meta else 0
+    tokens_seen = int(meta["tokens_seen"]) if meta else 0
+    _truncate_metrics(paths.metrics, step)
+    tokens_per_step = global_batch * cfg.train.grad_accum * cfg.model.seq_len
+    print(
+        f"planck train {phase}: {n_params:,} parameters, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
+        f"{tokens_per_step:,} tokens per step, steps {step} -> {cfg.train.steps}"
+        + (f" (resumed from step {step})" if meta else ""),
+        flush=True,
+    )
+    schedules = {
+        "muon": lr_schedule(cfg.optim.muon_lr, cfg.train.steps, cfg.optim.stable_fraction, cfg.optim.final_lr_fraction),
+    }
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {phase}", unit="step", disable=not show_progress, dynamic_ncols=True)
+    last: dict[str, Any] = {}
+    window_t0, window_tokens = time.perf_counter(), 0
+    compile_s = None
+    try:
+        with paths.metrics.open("a") as metrics_file:
+            while step < cfg.train.steps:
+                local = [next(data_iter) for _ in range(cfg.train.grad_accum)]
+                stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
+                arrays = {
+                    k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in stacked.items()
+                }
+                t_step = time.perf_counter()
+                loss, n_tok, gnorm = train_step(model, optimizer, arrays)
+                loss = float(loss)  # one host sync per step: a NaN must stop the run before it is checkpointed
+                if compile_s is None:
+                    compile_s = time.perf_counter() - t_step
+                    window_t0, window_tokens = time.perf_counter(), 0
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
+                        f"in {ckpt.dir} is intact: lower the learning rates (--set optim.muon_lr=... optim.adam_lr=...) and re-run"
+                    )
+                step += 1
+                tokens_seen += tokens_per_step
+                window_tokens += tokens_per_step
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    elapsed = time.perf_counter() - window_t0
+                    tps = window_tokens / elapsed if elapsed > 0 else 0.0
+                    last = {
+                        "step": step, "loss": loss, "lr": float(schedules["muon"](step - 1)),
+                        "tokens_per_sec": tps, "tokens_seen": tokens_seen, "grad_norm": float(gnorm),
+                        "trained_tokens": float(n_tok),
+                    }
+                    if peak:
+                        last["mfu"] = fpt * tps / peak
+                    if step == 1 or compile_s is not None and "compile_s" not in last and step <= cfg.train.log_every:
+                        last["compile_s"] = compile_s
+                    window_t0, window_tokens = time.perf_counter(), 0
+                    postfix = {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}"}
+                    if peak:
+                        postfix["mfu"] = f"{100 * last['mfu']:.1f}%"
+                    bar.set_postfix(postfix, refresh=False)
+                if val_src is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+                    last = {**last, "step": step, **evaluate(model, val_src, global_batch, cfg.train.eval_batches, eval_sharding)}
+                if last.get("step") == step:
+                    metrics_file.write(json.dumps(last) + "\n")
+                    metrics_file.flush()
+                if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                    ckpt.save(step, model, optimizer, data_iter, {"step": step, "tokens_seen": tokens_seen, "seed": cfg.seed})
+                    _plot(paths)
+        ckpt.wait()
+        save_final(
+            paths.final,
+            model,
+            {
+                "phase": phase, "step": step, "model": cfg.to_dict()["model"], "parameters": n_params,
+                "tokenizer": {"name": TOKENIZER_NAME, "fingerprint": tokenizer_fingerprint().hex()},
+                "chat": folder.manifest.kind == "chat" or (init_from is not None and phase != "pretrain"),
+            },
+        )
+    finally:
+        bar.close()
+        ckpt.close()
+    return last
+
+
+def load_run_config(run_dir: Path) -> tuple[RunConfig, str, str]:
+    """(config, phase, data folder) saved in a run folder."""
+    raw = json.loads((Path(run_dir) / "config.json").read_text())
+    return config_from_dict(raw["config"]), raw["phase"], raw["data"]

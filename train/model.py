@@ -1,0 +1,218 @@
+"""The GPT: a pre-norm decoder with multi-query attention, RoPE, QK-norm, squared-ReLU MLP and soft-capped logits.
+
+Architecture (flax NNX), for a ModelConfig `cfg`:
+
+    x = rms_norm(embed(tokens))                       # parameter-free norm on the embedding
+    for block in blocks:                              # cfg.n_layer times
+        x = x + attn(rms_norm(x))                     # causal multi-query attention
+        x = x + mlp(rms_norm(x))                      # relu(x @ up)**2 @ down
+    logits = softcap * tanh(head(rms_norm(x)) / softcap)
+
+No biases and no norm parameters anywhere. Parameter tree (`nnx.state(model, nnx.Param)`), with
+shapes for D = d_model, V = vocab_size, H = head_dim, N = n_head, K = n_kv_head, M = mlp_ratio * D:
+
+    embed/embedding             (V, D)   token embedding          -> Adam
+    blocks/<i>/attn/q/kernel    (D, N*H) query projection         -> Muon
+    blocks/<i>/attn/k/kernel    (D, K*H) shared key projection    -> Muon
+    blocks/<i>/attn/v/kernel    (D, K*H) shared value projection  -> Muon
+    blocks/<i>/attn/out/kernel  (N*H, D) attention output         -> Muon
+    blocks/<i>/mlp/up/kernel    (D, M)                            -> Muon
+    blocks/<i>/mlp/down/kernel  (M, D)                            -> Muon
+    head/kernel                 (D, V)   untied output head       -> Adam
+
+The first path element `embed` / `head` is what an optimizer keys on to send those two matrices
+to Adam; every other parameter is a 2-D block matrix.
+
+Precision: parameters are float32. Matmul inputs and the activations inside a block are in
+cfg.compute_dtype; the residual stream, every RMSNorm, RoPE, the attention softmax (inside
+jax.nn.dot_product_attention), the logits and the loss are float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from planck.train.config import ModelConfig
+
+RMS_EPS = 1e-6
+
+# std 1/sqrt(fan_in), drawn uniformly: the bound is sqrt(3 / fan_in).
+_UNIFORM_FAN_IN = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
+_ZEROS = nnx.initializers.zeros_init()
+
+
+def rms_norm(x: jax.Array) -> jax.Array:
+    """Parameter-free RMSNorm over the last axis, computed in float32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + RMS_EPS)
+    return y.astype(x.dtype)
+
+
+def rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding, rotate-half layout: dim i pairs with dim i + D/2; float32 in and out."""
+    half = x_BxTxHxD.shape[-1] // 2
+    inv_freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
+    cos = jnp.cos(angle_TxF)[None, :, None, :]  # broadcast over batch and heads
+    sin = jnp.sin(angle_TxF)[None, :, None, :]
+    x1, x2 = x_BxTxHxD[..., :half], x_BxTxHxD[..., half:]
+    return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
+
+
+def attention_implementation(dtype: jnp.dtype) -> str:
+    """"cudnn" (flash attention) on GPU with 16-bit compute, else "xla" (cudnn refuses float32 and CPU)."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "cudnn"
+    return "xla"
+
+
+def _linear(d_in: int, d_out: int, init, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Causal multi-query attention: n_head query heads share n_kv_head K/V heads; RoPE, then QK RMSNorm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.compute_dtype)
+        d, hd = cfg.d_model, cfg.head_dim
+        self.q = _linear(d, cfg.n_head * hd, _UNIFORM_FAN_IN, dt, rngs)
+        self.k = _linear(d, cfg.n_kv_head * hd, _UNIFORM_FAN_IN, dt, rngs)
+        self.v = _linear(d, cfg.n_kv_head * hd, _UNIFORM_FAN_IN, dt, rngs)
+        # Zero output projection: each block starts as the identity on the residual stream.
+        self.out = _linear(cfg.n_head * hd, d, _ZEROS, dt, rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.compute_dtype)
+        B, T, _ = x_BxTxD.shape
+        positions_T = jnp.arange(T)
+        q_BxTxNxH = self.q(x_BxTxD).reshape(B, T, cfg.n_head, cfg.head_dim)
+        k_BxTxKxH = self.k(x_BxTxD).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
+        v_BxTxKxH = self.v(x_BxTxD).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
+        # RoPE then norm, as nanochat orders them. A rotation keeps each head vector's length, so
+        # with a parameter-free norm the two orders give the same result; this one needs no
+        # extra cast, since rope and norm both work in float32.
+        q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_T, cfg.rope_base)).astype(dt)
+        k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_T, cfg.rope_base)).astype(dt)
+        # K/V with fewer heads are broadcast over the query groups inside the call, never repeated.
+        y_BxTxNxH = jax.nn.dot_product_attention(
+            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=attention_implementation(dt)
+        )
+        return self.out(y_BxTxNxH.reshape(B, T, cfg.n_head * cfg.head_dim))
+
+
+class MLP(nnx.Module):
+    """Two bias-free linears with a squared ReLU between them."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dt = jnp.dtype(cfg.compute_dtype)
+        hidden = cfg.mlp_ratio * cfg.d_model
+        self.up = _linear(cfg.d_model, hidden, _UNIFORM_FAN_IN, dt, rngs)
+        self.down = _linear(hidden, cfg.d_model, _ZEROS, dt, rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        return self.down(jnp.square(jax.nn.relu(self.up(x_BxTxD))))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)); the residual stays float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        # Adding in float32 keeps small updates from being rounded away in a bf16 residual stream.
+        x_BxTxD = x_BxTxD + self.attn(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
+        x_BxTxD = x_BxTxD + self.mlp(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
+        return x_BxTxD
+
+
+def _block_forward(block: Block, x_BxTxD: jax.Array) -> jax.Array:
+    return block(x_BxTxD)
+
+
+# Recomputes each block's activations in the backward pass instead of storing them.
+_block_forward_remat = nnx.remat(_block_forward)
+
+
+class GPT(nnx.Module):
+    """The language model: int32 tokens (B, T) -> float32 soft-capped logits (B, T, vocab_size)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(
+            cfg.vocab_size, cfg.d_model, param_dtype=jnp.float32,
+            embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs,
+        )
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+        # A tiny head: the initial logits are near zero, so the initial loss is near ln(vocab).
+        self.head = nnx.Linear(
+            cfg.d_model, cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.compute_dtype),
+            param_dtype=jnp.float32, kernel_init=nnx.initializers.normal(stddev=0.001),
+            preferred_element_type=jnp.float32,  # 16-bit inputs, float32 accumulation and logits
+            rngs=rngs,
+        )
+
+    def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        x_BxTxD = rms_norm(self.embed(tokens_BxT).astype(jnp.float32))
+        forward = _block_forward_remat if cfg.remat else _block_forward
+        for block in self.blocks:
+            x_BxTxD = forward(block, x_BxTxD)
+        logits_BxTxV = self.head(rms_norm(x_BxTxD).astype(jnp.dtype(cfg.compute_dtype))).astype(jnp.float32)
+        cap = jnp.float32(cfg.logit_softcap)
+        return cap * jnp.tanh(logits_BxTxV / cap)
+
+
+def token_loss_sum(model: GPT, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Summed float32 cross-entropy over positions with mask == 1, and the number of such positions."""
+    logits_BxTxV = model(batch["inputs"])
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    nll_BxT = -jnp.take_along_axis(logp_BxTxV, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    mask_BxT = batch["mask"].astype(jnp.float32)
+    # `where`, not just a product: a masked position's target may be anything (even out of range,
+    # which gathers NaN), and must not reach the sum.
+    loss_sum = jnp.sum(jnp.where(mask_BxT > 0, nll_BxT * mask_BxT, 0.0))
+    return loss_sum, jnp.sum(mask_BxT)
+
+
+def loss_fn(model: GPT, batch: dict[str, jax.Array]) -> jax.Array:
+    """Mean cross-entropy over the masked positions (0 when none is trained on)."""
+    loss_sum, n_tokens = token_loss_sum(model, batch)
+    return loss_sum / jnp.maximum(n_tokens, 1.0)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of elements in all nnx.Param variables (works on nnx.eval_shape models too)."""
+    leaves = jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
+    return sum(math.prod(leaf.shape) for leaf in leaves)
+
+
+def param_count_formula(cfg: ModelConfig) -> int:
+    """Expected parameter count from the config alone: embedding + head + n_layer blocks."""
+    d, hd = cfg.d_model, cfg.head_dim
+    attn = d * cfg.n_head * hd + 2 * d * cfg.n_kv_head * hd + cfg.n_head * hd * d
+    mlp = 2 * d * cfg.mlp_ratio * d
+    return 2 * cfg.vocab_size * d + cfg.n_layer * (attn + mlp)
+
+
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token: 6 * (block params + head params) + 12 * n_layer * n_head * head_dim * seq_len.
+
+    The first term is forward (2 per multiply-add) plus backward (4) for every matmul weight; the
+    embedding is a lookup, not a matmul, so it is left out. The second counts the attention scores
+    (QK^T) and the weighted sum of values over the full seq_len context, forward and backward, as
+    PaLM and nanochat do: causal masking halves the useful work but it is counted in full, so MFU
+    figures stay comparable with theirs.
+    """
+    non_embedding = param_count_formula(cfg) - cfg.vocab_size * cfg.d_model  # blocks + head
+    attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.seq_len
+    return float(6 * non_embedding + attention)
