@@ -12,7 +12,10 @@ export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.cache/tiktoken
 SHARED_BPE := $(wildcard $(CURDIR)/../shared/tokenizer/r50k_base.tiktoken)
 BPE_CACHE_FILE := $(TIKTOKEN_CACHE_DIR)/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 
-.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards
+CONFIG ?= planck150m
+RUNS ?= runs
+
+.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -20,7 +23,10 @@ help:
 	@echo "make demo-shards  offline: tokenize Python's own prose and the demo chat set into $(SHARDS)/demo/"
 	@echo "make shards       pretrain (fineweb-edu), midtrain and sft shards from the Hugging Face hub"
 	@echo "make stats        print what every shard folder under $(SHARDS)/ holds"
-	@echo "make bench        tokenizer throughput beside raw tiktoken (prints figures)"
+	@echo "make pretrain     train the pretrain phase (CONFIG=planck150m) into $(RUNS)/pretrain"
+	@echo "make midtrain sft the next phases, each starting from the previous phase's final weights"
+	@echo "make demo-train   offline, CPU: the tiny preset through pretrain and sft on $(SHARDS)/demo/"
+	@echo "make bench        tokenizer and loader throughput (prints figures)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +59,22 @@ stats: install tokenizer-cache
 		found=1; $(PLANCK) shards stats $$(dirname $$m); echo; done; \
 	if [ $$found = 0 ]; then echo "no shard folders under $(SHARDS)/ yet: run make demo-shards or make shards"; fi
 
+pretrain: install tokenizer-cache
+	$(PLANCK) train pretrain --config $(CONFIG) --data $(SHARDS)/pretrain --run-dir $(RUNS)/pretrain
+
+midtrain: install tokenizer-cache
+	$(PLANCK) train midtrain --config $(CONFIG) --data $(SHARDS)/midtrain --run-dir $(RUNS)/midtrain --init-from $(RUNS)/pretrain
+
+sft: install tokenizer-cache
+	$(PLANCK) train sft --config $(CONFIG) --data $(SHARDS)/sft --run-dir $(RUNS)/sft --init-from $(RUNS)/midtrain
+
+demo-train: demo-shards
+	$(PLANCK) train pretrain --config tiny --data $(SHARDS)/demo/pretrain --run-dir $(RUNS)/demo/pretrain
+	$(PLANCK) train sft --config tiny --data $(SHARDS)/demo/sft --run-dir $(RUNS)/demo/sft --init-from $(RUNS)/demo/pretrain
+
 bench: install tokenizer-cache
 	$(PY) bench/tokenize_throughput.py
+	$(PY) bench/loader_throughput.py
 
 clean-shards:
 	rm -rf $(SHARDS)/pretrain $(SHARDS)/midtrain $(SHARDS)/sft $(SHARDS)/demo

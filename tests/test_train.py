@@ -1,0 +1,224 @@
+"""The trainer end to end on the tiny preset (CPU): config strictness, optimizer routing, exact resume after kill -9,
+fallback from a damaged checkpoint, multi-device equality, --init-from and export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = ["--config", "tiny", "--quiet"]
+
+
+def planck_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "planck.cli", *map(str, args)]
+
+
+def run(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(planck_cmd(*args), cwd=REPO, capture_output=True, text=True, env=env)
+    if check and proc.returncode:
+        raise AssertionError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def losses(run_dir: Path) -> list[tuple[int, float, float]]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def pretrain_shards(tmp_path_factory) -> Path:
+    from planck.cli import main
+
+    d = tmp_path_factory.mktemp("shards") / "pretrain"
+    assert main(["tokenize", "pretrain", "--source", "embedded", "--out", str(d), "--max-tokens", "60k",
+                 "--val-tokens", "4k", "--shard-tokens", "30k", "--workers", "1", "--quiet"]) == 0
+    return d
+
+
+STEPS = ["--set", "train.steps=16", "--set", "train.log_every=1", "--set", "train.checkpoint_every=4",
+         "--set", "train.eval_every=8", "--set", "train.eval_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, pretrain_shards) -> Path:
+    """An uninterrupted 16-step tiny pretraining run."""
+    d = tmp_path_factory.mktemp("runs") / "reference"
+    run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    return d
+
+
+def test_unknown_config_key_and_wrong_type_are_clear_errors(pretrain_shards, tmp_path):
+    proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", tmp_path / "r",
+               "--set", "train.stepz=3", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "unknown config key 'train.stepz'" in proc.stderr
+    proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", tmp_path / "r",
+               "--set", "train.steps=many", check=False)
+    assert proc.returncode == 1 and "train.steps" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_presets_and_phase_defaults():
+    from planck.train.config import load_config
+
+    big = load_config("planck150m", "pretrain")
+    m = big.model
+    assert (m.n_layer, m.d_model, m.n_head, m.n_kv_head, m.head_dim, m.seq_len, m.vocab_size) == (12, 768, 6, 1, 128, 1024, 50304)
+    assert big.train.micro_batch * big.train.grad_accum == 512
+    assert (big.optim.muon_lr, big.optim.adam_lr, big.train.steps, big.optim.stable_fraction) == (0.06, 0.008, 5277, 0.55)
+    assert (big.optim.adam_b1, big.optim.adam_b2, big.optim.clip_norm) == (0.65, 0.95, 1.0)
+    mid = load_config("planck150m", "midtrain")
+    assert (mid.train.steps, mid.optim.stable_fraction) == (797, 0.8)
+    sft = load_config("planck150m", "sft", ["train.steps=7"])
+    assert (sft.optim.muon_lr, sft.optim.adam_lr, sft.train.steps, sft.optim.final_lr_fraction) == (0.0012, 0.00016, 7, 0.0)
+
+
+def test_lr_schedule_is_stable_then_linear():
+    from planck.train.optim import lr_schedule
+
+    s = lr_schedule(1.0, 100, 0.55, 0.1)
+    assert float(s(0)) == 1.0 and float(s(55)) == 1.0
+    assert float(s(99)) == pytest.approx(0.1, abs=1e-6)
+    assert float(s(77)) == pytest.approx(1.0 - 0.9 * (77 - 55) / 44, abs=1e-6)
+
+
+def test_muon_takes_block_matrices_and_adam_the_embedding_and_head():
+    from flax import nnx
+
+    from planck.train.config import load_config
+    from planck.train.model import GPT
+    from planck.train.optim import param_labels
+
+    model = GPT(load_config("tiny").model, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    labels = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(param_labels(params))}
+    adam = {k for k, v in labels.items() if v == "adam"}
+    muon = {k for k, v in labels.items() if v == "muon"}
+    assert adam and all(k.startswith(("embed", "head")) for k in adam)
+    assert muon and not any(k.startswith(("embed", "head")) for k in muon)
+    assert len(muon) == 2 * 6  # per block: q, k, v, out, up, down
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+    """Two micro-batches of 2 give the same update as one batch of 4 (loss = mean over all trained tokens)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from planck.train.config import load_config
+    from planck.train.model import GPT
+    from planck.train.step import train_step
+
+    cfg = load_config("tiny")
+    rng = np.random.default_rng(0)
+    T = cfg.model.seq_len
+    batch = {
+        "inputs": rng.integers(0, 50257, (4, T)).astype(np.int32),
+        "targets": rng.integers(0, 50257, (4, T)).astype(np.int32),
+        "mask": (rng.random((4, T)) < 0.6).astype(np.float32),
+    }
+    results = []
+    for accum in (1, 2):
+        model = GPT(cfg.model, rngs=nnx.Rngs(0))
+        # Plain SGD: the update is the gradient itself (Adam's g/|g| would amplify float noise on ~0 gradients).
+        opt = nnx.Optimizer(model, optax.sgd(1.0), wrt=nnx.Param)
+        micro = {k: jnp.asarray(v.reshape(accum, 4 // accum, T)) for k, v in batch.items()}
+        loss, n, _ = train_step(model, opt, micro)
+        results.append((float(loss), float(n), jax.tree.leaves(nnx.state(model, nnx.Param))))
+    (l1, n1, p1), (l2, n2, p2) = results
+    assert n1 == n2 == batch["mask"].sum()
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    for a, b in zip(p1, p2):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_run_folder_contents_and_loss_falls(reference_run):
+    rows = [json.loads(x) for x in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 17))
+    for key in ("loss", "lr", "tokens_per_sec"):
+        assert all(key in r for r in rows)
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [8, 16] and all(r["val_bpb"] > 0 for r in evals)
+    assert np.mean([r["loss"] for r in rows[-4:]]) < rows[0]["loss"] - 1.0  # it learns
+    assert (reference_run / "final" / "model.json").exists() and (reference_run / "loss.png").exists()
+    assert json.loads((reference_run / "config.json").read_text())["config"]["train"]["steps"] == 16
+
+
+def test_exact_resume_after_kill_9(pretrain_shards, reference_run, tmp_path):
+    d = tmp_path / "killed"
+    cmd = planck_cmd("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            m = d / "metrics.jsonl"
+            if m.exists() and len(m.read_text().splitlines()) >= 10:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (d / "final").exists()
+    run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    assert losses(d) == losses(reference_run)  # bit-identical loss series: same batches, same state
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference_run, pretrain_shards, tmp_path):
+    d = tmp_path / "damaged"
+    shutil.copytree(reference_run, d)
+    newest = d / "checkpoints" / "16"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "model" in f.parts:
+            f.write_bytes(b"\0" * 7)  # damage every file of the model item
+    shutil.rmtree(d / "final")
+    proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    assert "unreadable" in proc.stderr and "checkpoint 16" in proc.stderr
+    assert losses(d) == losses(reference_run)  # redone from step 12, identically
+    assert (d / "final" / "model.json").exists()
+
+
+def test_resuming_with_other_settings_is_refused(reference_run, pretrain_shards):
+    proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", reference_run, *STEPS,
+               "--set", "optim.muon_lr=0.01", check=False)
+    assert proc.returncode == 1 and "optim.muon_lr" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eight_devices_reach_the_same_loss_as_one(pretrain_shards, tmp_path):
+    """Data parallel over 8 forced CPU devices (micro-batch 1 each) equals 1 device with micro-batch 8."""
+    common = ["train", "pretrain", *TINY, "--data", pretrain_shards, "--set", "train.steps=3", "--set", "train.log_every=1",
+              "--set", "train.grad_accum=1"]
+    env8 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out8 = run(*common, "--run-dir", tmp_path / "d8", "--set", "train.micro_batch=1", env=env8)
+    assert "8 device(s)" in out8.stdout
+    run(*common, "--run-dir", tmp_path / "d1", "--set", "train.micro_batch=8")
+    l8, l1 = losses(tmp_path / "d8"), losses(tmp_path / "d1")
+    assert [s for s, _, _ in l8] == [1, 2, 3]
+    np.testing.assert_allclose([x for _, x, _ in l8], [x for _, x, _ in l1], rtol=1e-5)
+
+
+def test_init_from_and_export(reference_run, pretrain_shards, tmp_path):
+    run("export", reference_run, "--out", tmp_path / "model.npz")
+    z = np.load(tmp_path / "model.npz")
+    meta = json.loads(bytes(z["__model_json__"]).decode())
+    assert meta["model"]["d_model"] == 64 and meta["tokenizer"]["fingerprint"]
+    assert any(k.startswith("embed") for k in z.files) and any(k.startswith("head") for k in z.files)
+    # A second phase from the first one's weights starts where the first one ended, not at a random model's loss.
+    d = tmp_path / "next"
+    run("train", "midtrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--init-from", reference_run,
+        "--set", "train.steps=1", "--set", "train.log_every=1")
+    first = losses(d)[0][1]
+    ref = losses(reference_run)
+    assert first < ref[0][1] - 1.0
