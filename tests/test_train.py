@@ -222,3 +222,28 @@ def test_init_from_and_export(reference_run, pretrain_shards, tmp_path):
     first = losses(d)[0][1]
     ref = losses(reference_run)
     assert first < ref[0][1] - 1.0
+
+
+def test_two_processes_with_jax_distributed_reach_the_same_loss_as_one(pretrain_shards, tmp_path):
+    """Two local processes (gloo on CPU), micro-batch 2 each, grain sharded by process == one process with micro-batch 4."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["train", "pretrain", *TINY, "--data", pretrain_shards, "--set", "train.steps=3", "--set", "train.log_every=1",
+              "--set", "train.grad_accum=1", "--set", "train.eval_every=100"]
+    procs = [
+        subprocess.Popen(
+            planck_cmd(*common, "--run-dir", tmp_path / "two", "--set", "train.micro_batch=2",
+                       "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", i),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    run(*common, "--run-dir", tmp_path / "one", "--set", "train.micro_batch=4")
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert [s for s, _, _ in two] == [1, 2, 3]
+    np.testing.assert_allclose([x for _, x, _ in two], [x for _, x, _ in one], rtol=1e-5)

@@ -70,18 +70,19 @@ class Checkpoints:
         self.manager.close()
 
 
-def save_final(folder: Path, model, meta: dict[str, Any]) -> None:
+def save_final(folder: Path, is_main: bool, model, meta: dict[str, Any]) -> None:
     """Inference weights plus `model.json` (model config, tokenizer fingerprint, phase, step): what serving loads."""
     folder = Path(folder).absolute()
     params = folder / "params"
-    if params.exists():
+    if params.exists() and is_main:
         import shutil
 
         shutil.rmtree(params)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(params, nnx.state(model, nnx.Param))
     ckptr.wait_until_finished()
-    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    if is_main:
+        (folder / "model.json").write_text(json.dumps(meta, indent=2))
 
 
 def load_final(folder: Path, model) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         t.add_argument("--init-from", type=Path, help="start from this run's final/ weights with a fresh optimizer")
         t.add_argument("--quiet", action="store_true", help="no progress bar")
+        t.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address (jax.distributed)")
+        t.add_argument("--num-processes", type=int, default=1, help="multi-host: how many processes in all")
+        t.add_argument("--process-id", type=int, default=0, help="multi-host: this process's index")
         t.set_defaults(handler=_train)
 
     e = sub.add_parser(
@@ -47,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
+
+    if args.coordinator:
+        import jax
+
+        if jax.config.jax_platforms in (None, "", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over gloo
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
     from .loop import train
 
     cfg = load_config(args.config, args.phase, args.overrides)

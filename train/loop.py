@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,9 @@ def train(
     folder = ShardFolder(Path(data))  # checks the manifest and the tokenizer up front
     if folder.manifest.tokenizer["fingerprint"] != tokenizer_fingerprint().hex():
         raise TrainingError(f"{data} was tokenized with another tokenizer than this planck's")
-    _check_run_folder(paths, cfg, phase, data)
+    is_main = jax.process_index() == 0  # process 0 writes the run folder's files; orbax coordinates checkpoints
+    if is_main:
+        _check_run_folder(paths, cfg, phase, data)
 
     n_dev = jax.device_count()
     mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -188,7 +191,8 @@ def train(
     meta = ckpt.restore_latest(model, optimizer, data_iter)
     step = int(meta["step"]) if meta else 0
     tokens_seen = int(meta["tokens_seen"]) if meta else 0
-    _truncate_metrics(paths.metrics, step)
+    if is_main:
+        _truncate_metrics(paths.metrics, step)
     tokens_per_step = global_batch * cfg.train.grad_accum * cfg.model.seq_len
     print(
         f"planck train {phase}: {n_params:,} parameters, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
@@ -201,12 +205,13 @@ def train(
     }
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {phase}", unit="step", disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {phase}", unit="step",
+               disable=not (show_progress and is_main), dynamic_ncols=True)
     last: dict[str, Any] = {}
     window_t0, window_tokens = time.perf_counter(), 0
     compile_s = None
     try:
-        with paths.metrics.open("a") as metrics_file:
+        with open(paths.metrics if is_main else os.devnull, "a") as metrics_file:
             while step < cfg.train.steps:
                 local = [next(data_iter) for _ in range(cfg.train.grad_accum)]
                 stacked = {k: np.stack([b[k] for b in local]) for k in local[0]}
@@ -252,10 +257,12 @@ def train(
                     metrics_file.flush()
                 if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
                     ckpt.save(step, model, optimizer, data_iter, {"step": step, "tokens_seen": tokens_seen, "seed": cfg.seed})
-                    _plot(paths)
+                    if is_main:
+                        _plot(paths)
         ckpt.wait()
         save_final(
             paths.final,
+            is_main,
             model,
             {
                 "phase": phase, "step": step, "model": cfg.to_dict()["model"], "parameters": n_params,

@@ -78,8 +78,10 @@ class Attention(nnx.Module):
     """Causal multi-query attention: n_head query heads share n_kv_head K/V heads; RoPE, then QK RMSNorm."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        dt = jnp.dtype(cfg.compute_dtype)
+        # Plain hashable settings, not the (mutable, unhashable) config: they become part of the graphdef.
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.rope_base = float(cfg.rope_base)
+        self.compute_dtype = dt = jnp.dtype(cfg.compute_dtype)
         d, hd = cfg.d_model, cfg.head_dim
         self.q = _linear(d, cfg.n_head * hd, _UNIFORM_FAN_IN, dt, rngs)
         self.k = _linear(d, cfg.n_kv_head * hd, _UNIFORM_FAN_IN, dt, rngs)
@@ -88,23 +90,22 @@ class Attention(nnx.Module):
         self.out = _linear(cfg.n_head * hd, d, _ZEROS, dt, rngs)
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-        cfg = self.cfg
-        dt = jnp.dtype(cfg.compute_dtype)
+        dt = self.compute_dtype
         B, T, _ = x_BxTxD.shape
         positions_T = jnp.arange(T)
-        q_BxTxNxH = self.q(x_BxTxD).reshape(B, T, cfg.n_head, cfg.head_dim)
-        k_BxTxKxH = self.k(x_BxTxD).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
-        v_BxTxKxH = self.v(x_BxTxD).reshape(B, T, cfg.n_kv_head, cfg.head_dim)
-        # RoPE then norm, as nanochat orders them. A rotation keeps each head vector's length, so
-        # with a parameter-free norm the two orders give the same result; this one needs no
-        # extra cast, since rope and norm both work in float32.
-        q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_T, cfg.rope_base)).astype(dt)
-        k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_T, cfg.rope_base)).astype(dt)
+        q_BxTxNxH = self.q(x_BxTxD).reshape(B, T, self.n_head, self.head_dim)
+        k_BxTxKxH = self.k(x_BxTxD).reshape(B, T, self.n_kv_head, self.head_dim)
+        v_BxTxKxH = self.v(x_BxTxD).reshape(B, T, self.n_kv_head, self.head_dim)
+        # RoPE, then QK-norm (nanochat's order). A rotation keeps each head vector's length, so with
+        # a parameter-free norm both orders give the same q and k (tests check this); we keep
+        # nanochat's so the two models read alike. Both run in float32, then cast once.
+        q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_T, self.rope_base)).astype(dt)
+        k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_T, self.rope_base)).astype(dt)
         # K/V with fewer heads are broadcast over the query groups inside the call, never repeated.
         y_BxTxNxH = jax.nn.dot_product_attention(
             q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=attention_implementation(dt)
         )
-        return self.out(y_BxTxNxH.reshape(B, T, cfg.n_head * cfg.head_dim))
+        return self.out(y_BxTxNxH.reshape(B, T, self.n_head * self.head_dim))
 
 
 class MLP(nnx.Module):
@@ -147,7 +148,9 @@ class GPT(nnx.Module):
     """The language model: int32 tokens (B, T) -> float32 soft-capped logits (B, T, vocab_size)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+        self.logit_softcap = float(cfg.logit_softcap)
+        self.remat = bool(cfg.remat)
         self.embed = nnx.Embed(
             cfg.vocab_size, cfg.d_model, param_dtype=jnp.float32,
             embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs,
@@ -155,20 +158,19 @@ class GPT(nnx.Module):
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
         # A tiny head: the initial logits are near zero, so the initial loss is near ln(vocab).
         self.head = nnx.Linear(
-            cfg.d_model, cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.compute_dtype),
+            cfg.d_model, cfg.vocab_size, use_bias=False, dtype=self.compute_dtype,
             param_dtype=jnp.float32, kernel_init=nnx.initializers.normal(stddev=0.001),
             preferred_element_type=jnp.float32,  # 16-bit inputs, float32 accumulation and logits
             rngs=rngs,
         )
 
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
-        cfg = self.cfg
         x_BxTxD = rms_norm(self.embed(tokens_BxT).astype(jnp.float32))
-        forward = _block_forward_remat if cfg.remat else _block_forward
+        forward = _block_forward_remat if self.remat else _block_forward
         for block in self.blocks:
             x_BxTxD = forward(block, x_BxTxD)
-        logits_BxTxV = self.head(rms_norm(x_BxTxD).astype(jnp.dtype(cfg.compute_dtype))).astype(jnp.float32)
-        cap = jnp.float32(cfg.logit_softcap)
+        logits_BxTxV = self.head(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
+        cap = jnp.float32(self.logit_softcap)
         return cap * jnp.tanh(logits_BxTxV / cap)
 
 
