@@ -247,3 +247,16 @@ def test_two_processes_with_jax_distributed_reach_the_same_loss_as_one(pretrain_
     two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
     assert [s for s, _, _ in two] == [1, 2, 3]
     np.testing.assert_allclose([x for _, x, _ in two], [x for _, x, _ in one], rtol=1e-5)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(pretrain_shards, tmp_path):
+    d = tmp_path / "diverged"
+    proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--set", "train.steps=8",
+               "--set", "train.log_every=1", "--set", "train.checkpoint_every=2",
+               "--set", "optim.muon_lr=1e30", "--set", "optim.adam_lr=1e30", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "loss became nan" in proc.stderr and "last good checkpoint" in proc.stderr
+    saved = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+    bad_step = int(proc.stderr.split("at step ")[1].split(";")[0])
+    assert saved and max(saved) < bad_step  # nothing at or after the NaN was checkpointed
+    assert not (d / "final").exists()
