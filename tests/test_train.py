@@ -260,3 +260,22 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(pretrain_sh
     bad_step = int(proc.stderr.split("at step ")[1].split(";")[0])
     assert saved and max(saved) < bad_step  # nothing at or after the NaN was checkpointed
     assert not (d / "final").exists()
+
+
+def test_fsdp_over_eight_devices_reaches_the_same_loss(pretrain_shards, tmp_path):
+    """train.fsdp shards parameters and optimizer state over the devices; the losses stay those of one device."""
+    common = ["train", "pretrain", *TINY, "--data", pretrain_shards, "--set", "train.steps=3", "--set", "train.log_every=1",
+              "--set", "train.grad_accum=1"]
+    env8 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    run(*common, "--run-dir", tmp_path / "fsdp", "--set", "train.micro_batch=1", "--set", "train.fsdp=true", env=env8)
+    run(*common, "--run-dir", tmp_path / "one", "--set", "train.micro_batch=8")
+    np.testing.assert_allclose([x for _, x, _ in losses(tmp_path / "fsdp")], [x for _, x, _ in losses(tmp_path / "one")], rtol=1e-5)
+
+
+def test_a_token_budget_decides_the_steps(pretrain_shards, tmp_path):
+    """train.tokens=1000 at 4 x 64 x 2 = 512 tokens per step gives ceil(1000 / 512) = 2 steps."""
+    run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", tmp_path / "budget",
+        "--set", "train.tokens=1000", "--set", "train.log_every=1")
+    assert [s for s, _, _ in losses(tmp_path / "budget")] == [1, 2]
+    saved = json.loads((tmp_path / "budget" / "config.json").read_text())["config"]["train"]
+    assert saved["steps"] == 2 and saved["tokens"] == 1000

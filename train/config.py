@@ -68,6 +68,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 5277  # optimizer steps
+    tokens: int = 0  # if > 0: a token budget, and steps = ceil(tokens / tokens per step) instead
     micro_batch: int = 4  # sequences per device per micro-step
     grad_accum: int = 128  # micro-steps per optimizer step: 4 x 128 = 512 sequences
     log_every: int = 10
@@ -76,12 +77,15 @@ class TrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
     loader_workers: int = 0  # grain worker processes; reading memory-mapped shards in-process is fastest
+    fsdp: bool = False  # shard parameters and optimizer state over the devices (for models that do not fit one)
 
     def validate(self) -> None:
         """Raise ConfigError on non-positive counts."""
         for name in ("steps", "micro_batch", "grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive")
+        if self.tokens < 0:
+            raise ConfigError("train.tokens must be >= 0 (0: use train.steps)")
 
 
 @dataclass

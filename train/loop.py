@@ -55,6 +55,18 @@ class RunPaths:
         return self.root / "loss.png"
 
 
+def fsdp_sharding(x, mesh) -> NamedSharding:
+    """Split an array along its largest axis that the device count divides; small or indivisible ones stay replicated."""
+    n = mesh.devices.size
+    shape = getattr(x, "shape", ())
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % n == 0 and shape[axis] >= n:
+            spec = [None] * len(shape)
+            spec[axis] = "data"
+            return NamedSharding(mesh, P(*spec))
+    return NamedSharding(mesh, P())
+
+
 def peak_flops() -> float | None:
     """The device's dense bf16 peak, if known."""
     kind = jax.devices()[0].device_kind
@@ -153,11 +165,14 @@ def train(
     folder = ShardFolder(Path(data))  # checks the manifest and the tokenizer up front
     if folder.manifest.tokenizer["fingerprint"] != tokenizer_fingerprint().hex():
         raise TrainingError(f"{data} was tokenized with another tokenizer than this planck's")
+    n_dev = jax.device_count()
+    tokens_per_step = cfg.train.micro_batch * n_dev * cfg.train.grad_accum * cfg.model.seq_len
+    if cfg.train.tokens:
+        cfg.train.steps = max(1, math.ceil(cfg.train.tokens / tokens_per_step))  # a token budget decides the steps
     is_main = jax.process_index() == 0  # process 0 writes the run folder's files; orbax coordinates checkpoints
     if is_main:
         _check_run_folder(paths, cfg, phase, data)
 
-    n_dev = jax.device_count()
     mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(None, "data"))  # (grad_accum, batch, seq_len): batch split over devices
@@ -182,7 +197,8 @@ def train(
         log.info("initialised from %s (phase %s, step %s)", init_from, meta.get("phase"), meta.get("step"))
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
     state = nnx.state((model, optimizer))
-    nnx.update((model, optimizer), jax.device_put(state, replicated))
+    shardings = jax.tree.map(lambda x: fsdp_sharding(x, mesh) if cfg.train.fsdp else replicated, state)
+    nnx.update((model, optimizer), jax.device_put(state, shardings))
     n_params = count_params(model)
     fpt = flops_per_token(cfg.model)
     peak = peak_flops()
@@ -193,7 +209,6 @@ def train(
     tokens_seen = int(meta["tokens_seen"]) if meta else 0
     if is_main:
         _truncate_metrics(paths.metrics, step)
-    tokens_per_step = global_batch * cfg.train.grad_accum * cfg.model.seq_len
     print(
         f"planck train {phase}: {n_params:,} parameters, {n_dev} device(s) ({jax.devices()[0].device_kind}), "
         f"{tokens_per_step:,} tokens per step, steps {step} -> {cfg.train.steps}"
