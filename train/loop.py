@@ -215,16 +215,17 @@ def train(
         + (f" (resumed from step {step})" if meta else ""),
         flush=True,
     )
-    schedules = {
-        "muon": lr_schedule(cfg.optim.muon_lr, cfg.train.steps, cfg.optim.stable_fraction, cfg.optim.final_lr_fraction),
-    }
+    o = cfg.optim
+    muon_lr = lr_schedule(o.muon_lr, cfg.train.steps, o.stable_fraction, o.final_lr_fraction)
+    adam_lr = lr_schedule(o.adam_lr, cfg.train.steps, o.stable_fraction, o.final_lr_fraction)
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.train.steps, initial=step, desc=f"train {phase}", unit="step",
                disable=not (show_progress and is_main), dynamic_ncols=True)
     last: dict[str, Any] = {}
     window_t0, window_tokens = time.perf_counter(), 0
-    compile_s = None
+    compile_s = None  # wall time of this process's first step (compilation included), logged once
+    compile_logged = False
     try:
         with open(paths.metrics if is_main else os.devnull, "a") as metrics_file:
             while step < cfg.train.steps:
@@ -238,7 +239,8 @@ def train(
                 loss = float(loss)  # one host sync per step: a NaN must stop the run before it is checkpointed
                 if compile_s is None:
                     compile_s = time.perf_counter() - t_step
-                    window_t0, window_tokens = time.perf_counter(), 0
+                    # tokens/s starts after the compiling step: it is reported as compile_s instead
+                    window_t0, window_tokens = time.perf_counter(), -tokens_per_step
                 if not math.isfinite(loss):
                     raise TrainingError(
                         f"loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
@@ -250,16 +252,18 @@ def train(
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                     elapsed = time.perf_counter() - window_t0
-                    tps = window_tokens / elapsed if elapsed > 0 else 0.0
+                    # A window holding only the compiling step reports that step's rate, compilation included.
+                    tps = window_tokens / elapsed if window_tokens > 0 else tokens_per_step / compile_s
                     last = {
-                        "step": step, "loss": loss, "lr": float(schedules["muon"](step - 1)),
+                        "step": step, "loss": loss, "lr": float(muon_lr(step - 1)), "adam_lr": float(adam_lr(step - 1)),
                         "tokens_per_sec": tps, "tokens_seen": tokens_seen, "grad_norm": float(gnorm),
                         "trained_tokens": float(n_tok),
                     }
                     if peak:
                         last["mfu"] = fpt * tps / peak
-                    if step == 1 or compile_s is not None and "compile_s" not in last and step <= cfg.train.log_every:
+                    if not compile_logged:
                         last["compile_s"] = compile_s
+                        compile_logged = True
                     window_t0, window_tokens = time.perf_counter(), 0
                     postfix = {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}"}
                     if peak:
