@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from planck.configs.shipped import shipped_file
 from planck.schemas.rows import CHAT_FORMATS
 
 from .sources import SourceSpec
@@ -29,13 +30,10 @@ class Mixture:
 
 
 def _shipped_path(name: str) -> Path:
-    import planck.configs.mixtures as shipped  # a namespace package: look through its __path__
-
-    for folder in shipped.__path__:
-        candidate = Path(folder) / f"{name}.toml"
-        if candidate.is_file():
-            return candidate
-    raise MixtureError(f"shipped mixture {name!r} is missing from this installation")
+    path = shipped_file("mixtures", f"{name}.toml")
+    if path is None:
+        raise MixtureError(f"shipped mixture {name!r} is missing from this installation")
+    return path
 
 
 def load_mixture(name_or_path: str) -> Mixture:

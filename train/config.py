@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planck.configs.shipped import shipped_file
 from planck.schemas.tokenizer import PADDED_VOCAB_SIZE
 
 PHASES = ("pretrain", "midtrain", "sft")
@@ -156,11 +157,12 @@ def _set(cfg: RunConfig, key: str, value: Any) -> None:
     setattr(target, name, _coerce(key, hints[name], value))
 
 
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys `--set` uses."""
     out: dict[str, Any] = {}
     for k, v in table.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -170,13 +172,10 @@ def preset_path(name: str) -> Path:
     """configs/presets/NAME.toml (or a path to a .toml file)."""
     if name.endswith(".toml"):
         return Path(name)
-    import planck.configs.presets as shipped  # a namespace package: look through its __path__
-
-    for folder in shipped.__path__:
-        candidate = Path(folder) / f"{name}.toml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"unknown preset {name!r}")
+    path = shipped_file("presets", f"{name}.toml")
+    if path is None:
+        raise ConfigError(f"unknown preset {name!r}")
+    return path
 
 
 def load_config(preset: str, phase: str = "pretrain", overrides: list[str] | dict[str, Any] = ()) -> RunConfig:
@@ -194,9 +193,9 @@ def load_config(preset: str, phase: str = "pretrain", overrides: list[str] | dic
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
     per_phase = table.pop("phase", {})
-    for key, value in _flatten(table).items():
+    for key, value in flatten(table).items():
         _set(cfg, key, value)
-    for key, value in _flatten(per_phase.get(phase, {})).items():
+    for key, value in flatten(per_phase.get(phase, {})).items():
         _set(cfg, key, value)
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
     for key, value in items:
@@ -210,10 +209,3 @@ def _split_override(item: str) -> tuple[str, str]:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=200")
     return key.strip(), value
 
-
-def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from `to_dict()` output (a run's saved config), strictly."""
-    cfg = RunConfig()
-    for key, value in _flatten(raw).items():
-        _set(cfg, key, value)
-    return cfg.validate()

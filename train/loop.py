@@ -21,7 +21,7 @@ from planck.schemas.tokenizer import TOKENIZER_NAME, tokenizer_fingerprint
 from planck.shards.folder import ShardFolder
 
 from .checkpoint import Checkpoints, load_final, save_final
-from .config import RunConfig, config_from_dict
+from .config import RunConfig, flatten
 from .errors import TrainingError
 from .data import ShardWindows, eval_batches, make_batches, target_bytes
 from .model import GPT, count_params, flops_per_token
@@ -83,7 +83,7 @@ def _check_run_folder(paths: RunPaths, cfg: RunConfig, phase: str, data: Path) -
         have = json.loads(paths.config.read_text())
         if have != want:
             diff = sorted(k for k in ("phase", "data") if have.get(k) != want[k])
-            flat_have, flat_want = _flat(have["config"]), _flat(want["config"])
+            flat_have, flat_want = flatten(have["config"]), flatten(want["config"])
             diff += sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k))
             raise TrainingError(
                 f"{paths.root} holds a run with other settings ({', '.join(diff)}); re-run with the same ones to resume, "
@@ -92,16 +92,6 @@ def _check_run_folder(paths: RunPaths, cfg: RunConfig, phase: str, data: Path) -
     else:
         paths.root.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(json.dumps(want, indent=2))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -294,8 +284,3 @@ def train(
         ckpt.close()
     return last
 
-
-def load_run_config(run_dir: Path) -> tuple[RunConfig, str, str]:
-    """(config, phase, data folder) saved in a run folder."""
-    raw = json.loads((Path(run_dir) / "config.json").read_text())
-    return config_from_dict(raw["config"]), raw["phase"], raw["data"]
