@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from planck.serve import cli as serve_cli
 from planck.shards import cli as shards_cli
 from planck.tokenize import cli as tokenize_cli
 from planck.train import cli as train_cli
@@ -15,14 +16,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="planck",
         description="PlanckGPT: train a ~150M-parameter GPT chat model from scratch on one GPU.\n\n"
-        "Data flow: planck tokenize -> shards/<name>/ (uint16 shards + manifest.json) -> planck train -> runs/<name>/final/.",
+        "Data flow: planck tokenize -> shards/<name>/ (uint16 shards + manifest.json) -> planck train -> runs/<name>/final/ -> planck chat / planck serve.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,chat,serve}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
     train_cli.register(sub)
+    serve_cli.register(sub)
     return parser
 
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the handler, turn expected failures into one clear line."""
     from planck.schemas.manifest import ManifestError
     from planck.schemas.tokenizer import TokenizerUnavailable
+    from planck.serve.weights import CheckpointError
     from planck.shards.reader import ShardError
     from planck.tokenize.mixture import MixtureError
     from planck.tokenize.output import JobError
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (
-        ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError, ConfigError, TrainingError
+        ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError, ConfigError, TrainingError,
+        CheckpointError,
     ) as exc:
         print(f"planck: error: {exc}", file=sys.stderr)
         return 1

@@ -175,3 +175,55 @@ def module_inputs(tmp_path_factory) -> dict[str, Path]:
     raw = lambda fixture: getattr(fixture, "__wrapped__", fixture)  # the plain function under @pytest.fixture
     files = raw(chat_files)(base)
     return {"text_corpus": raw(text_corpus)(base), "chat_files": files, "mixture_file": raw(mixture_file)(base, files)}
+
+
+# ---- finished models for the serving tests -------------------------------------------------
+
+SERVE_MODEL = {"seq_len": 128, "n_layer": 2, "d_model": 64, "n_head": 2, "n_kv_head": 1, "head_dim": 32,
+               "compute_dtype": "float32"}
+
+
+def write_checkpoint(run_dir: Path, chat: bool, seed: int = 0) -> Path:
+    """A run folder with final/ as `planck train` writes it, holding random (not zero-initialised) weights.
+
+    Every matrix is drawn at random so attention and every block shape the output; the serving
+    tests only need shapes and determinism, not a good model.
+    """
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from planck.schemas.tokenizer import TOKENIZER_NAME, tokenizer_fingerprint
+    from planck.train.checkpoint import save_final
+    from planck.train.config import ModelConfig
+    from planck.train.model import GPT
+
+    cfg = ModelConfig(**SERVE_MODEL)
+    model = GPT(cfg, rngs=nnx.Rngs(seed))
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [jax.random.normal(k, x.shape) / np.sqrt(x.shape[0]) for k, x in zip(keys, leaves)]
+    nnx.update(model, jax.tree_util.tree_unflatten(treedef, leaves))
+    meta = {
+        "phase": "sft" if chat else "pretrain", "step": 0, "model": dataclasses.asdict(cfg),
+        "parameters": sum(x.size for x in leaves),
+        "tokenizer": {"name": TOKENIZER_NAME, "fingerprint": tokenizer_fingerprint().hex()},
+        "chat": chat,
+    }
+    save_final(run_dir / "final", True, model, meta)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory) -> Path:
+    """A run folder (runs/chat) whose final/ is a tiny random-weight chat model (context 128)."""
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "chat", chat=True)
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(tmp_path_factory) -> Path:
+    """A run folder (runs/base) whose final/ is a tiny random-weight base (pretrain-only) model."""
+    return write_checkpoint(tmp_path_factory.mktemp("runs") / "base", chat=False, seed=1)

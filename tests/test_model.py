@@ -132,21 +132,21 @@ def test_attention_sees_token_order(cfg, live):
     attn = live.blocks[0].attn
     x = jax.random.normal(jax.random.key(3), (*TOKENS_SHAPE, cfg.d_model))
     swapped = x.at[:, 2].set(x[:, 5]).at[:, 5].set(x[:, 2])
-    run = nnx.jit(lambda attn, x: attn(x))
+    run = nnx.jit(lambda attn, x: attn(x, jnp.arange(x.shape[1])[None])[0])
     before, after = np.asarray(run(attn, x)), np.asarray(run(attn, swapped))
     assert np.abs(before[:, 6:] - after[:, 6:]).max() > 1e-2
 
 
 def test_rope_rotation_commutes_with_norm_and_is_relative():
     x = jax.random.normal(jax.random.key(0), (1, 8, 2, 16))
-    pos = jnp.arange(8)
-    np.testing.assert_allclose(rope(x, jnp.zeros(8, jnp.int32), 10000.0), x, atol=1e-6)  # position 0: identity
+    pos = jnp.arange(8)[None]
+    np.testing.assert_allclose(rope(x, jnp.zeros((1, 8), jnp.int32), 10000.0), x, atol=1e-6)  # position 0: identity
     # Why the model's order (RoPE, then QK-norm) is immaterial: a rotation keeps each head vector's length.
     np.testing.assert_allclose(rms_norm(rope(x, pos, 10000.0)), rope(rms_norm(x), pos, 10000.0), atol=1e-5)
 
     @jax.jit
     def score(m, n):  # q.k of two fixed vectors placed at positions m and n
-        return jnp.sum(rope(x[:, :1, :1], m[None], 100.0) * rope(x[:, 1:2, :1], n[None], 100.0))
+        return jnp.sum(rope(x[:, :1, :1], m[None, None], 100.0) * rope(x[:, 1:2, :1], n[None, None], 100.0))
 
     # ... and q.k after RoPE depends only on the distance between the positions.
     dots = [float(score(jnp.int32(m + 3), jnp.int32(m))) for m in (0, 5, 40)]

@@ -40,6 +40,9 @@ from planck.train.config import ModelConfig
 
 RMS_EPS = 1e-6
 
+# One layer's keys and values, each (B, S, n_kv_head, head_dim).
+LayerCache = tuple[jax.Array, jax.Array]
+
 # std 1/sqrt(fan_in), drawn uniformly: the bound is sqrt(3 / fan_in).
 _UNIFORM_FAN_IN = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
 _ZEROS = nnx.initializers.zeros_init()
@@ -52,13 +55,16 @@ def rms_norm(x: jax.Array) -> jax.Array:
     return y.astype(x.dtype)
 
 
-def rope(x_BxTxHxD: jax.Array, positions_T: jax.Array, base: float) -> jax.Array:
-    """Rotary position embedding, rotate-half layout: dim i pairs with dim i + D/2; float32 in and out."""
+def rope(x_BxTxHxD: jax.Array, positions_BxT: jax.Array, base: float) -> jax.Array:
+    """Rotary position embedding, rotate-half layout: dim i pairs with dim i + D/2; float32 in and out.
+
+    positions_BxT may have batch 1 (training: every row at 0..T-1) or one row per sequence (decoding).
+    """
     half = x_BxTxHxD.shape[-1] // 2
     inv_freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle_TxF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
-    cos = jnp.cos(angle_TxF)[None, :, None, :]  # broadcast over batch and heads
-    sin = jnp.sin(angle_TxF)[None, :, None, :]
+    angle_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_F
+    cos = jnp.cos(angle_BxTxF)[:, :, None, :]  # broadcast over heads
+    sin = jnp.sin(angle_BxTxF)[:, :, None, :]
     x1, x2 = x_BxTxHxD[..., :half], x_BxTxHxD[..., half:]
     return jnp.concatenate([x1 * cos + x2 * sin, x2 * cos - x1 * sin], axis=-1)
 
@@ -89,23 +95,45 @@ class Attention(nnx.Module):
         # Zero output projection: each block starts as the identity on the residual stream.
         self.out = _linear(cfg.n_head * hd, d, _ZEROS, dt, rngs)
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(
+        self, x_BxTxD: jax.Array, positions_BxT: jax.Array, cache: LayerCache | None = None
+    ) -> tuple[jax.Array, LayerCache]:
+        """Attention output and this layer's keys/values.
+
+        cache None: causal self-attention over x (training, and the prefill of a prompt); returns
+        x's own keys and values. cache (k, v) of shape (B, S, K, H): each row of x holds new tokens
+        at positions_BxT; their keys/values are written into the cache at those positions and each
+        query attends to every cached position up to its own; returns the updated cache.
+        """
         dt = self.compute_dtype
         B, T, _ = x_BxTxD.shape
-        positions_T = jnp.arange(T)
         q_BxTxNxH = self.q(x_BxTxD).reshape(B, T, self.n_head, self.head_dim)
         k_BxTxKxH = self.k(x_BxTxD).reshape(B, T, self.n_kv_head, self.head_dim)
-        v_BxTxKxH = self.v(x_BxTxD).reshape(B, T, self.n_kv_head, self.head_dim)
+        v_BxTxKxH = self.v(x_BxTxD).reshape(B, T, self.n_kv_head, self.head_dim).astype(dt)
         # RoPE, then QK-norm (nanochat's order). A rotation keeps each head vector's length, so with
         # a parameter-free norm both orders give the same q and k (tests check this); we keep
         # nanochat's so the two models read alike. Both run in float32, then cast once.
-        q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_T, self.rope_base)).astype(dt)
-        k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_T, self.rope_base)).astype(dt)
-        # K/V with fewer heads are broadcast over the query groups inside the call, never repeated.
-        y_BxTxNxH = jax.nn.dot_product_attention(
-            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=attention_implementation(dt)
-        )
-        return self.out(y_BxTxNxH.reshape(B, T, self.n_head * self.head_dim))
+        q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_BxT, self.rope_base)).astype(dt)
+        k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_BxT, self.rope_base)).astype(dt)
+        if cache is None:
+            # K/V with fewer heads are broadcast over the query groups inside the call, never repeated.
+            y_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=attention_implementation(dt)
+            )
+            new_cache = (k_BxTxKxH, v_BxTxKxH)
+        else:
+            cache_k_BxSxKxH, cache_v_BxSxKxH = cache
+            rows_Bx1 = jnp.arange(B)[:, None]
+            cache_k_BxSxKxH = cache_k_BxSxKxH.at[rows_Bx1, positions_BxT].set(k_BxTxKxH.astype(cache_k_BxSxKxH.dtype))
+            cache_v_BxSxKxH = cache_v_BxSxKxH.at[rows_Bx1, positions_BxT].set(v_BxTxKxH.astype(cache_v_BxSxKxH.dtype))
+            # An explicit mask from positions: is_causal would align a lone query with key 0.
+            S = cache_k_BxSxKxH.shape[1]
+            mask_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
+            y_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH, cache_k_BxSxKxH.astype(dt), cache_v_BxSxKxH.astype(dt), mask=mask_Bx1xTxS
+            )
+            new_cache = (cache_k_BxSxKxH, cache_v_BxSxKxH)
+        return self.out(y_BxTxNxH.reshape(B, T, self.n_head * self.head_dim)), new_cache
 
 
 class MLP(nnx.Module):
@@ -129,15 +157,18 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    def __call__(
+        self, x_BxTxD: jax.Array, positions_BxT: jax.Array, cache: LayerCache | None = None
+    ) -> tuple[jax.Array, LayerCache]:
         # Adding in float32 keeps small updates from being rounded away in a bf16 residual stream.
-        x_BxTxD = x_BxTxD + self.attn(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
+        attn_BxTxD, new_cache = self.attn(rms_norm(x_BxTxD).astype(self.compute_dtype), positions_BxT, cache)
+        x_BxTxD = x_BxTxD + attn_BxTxD.astype(jnp.float32)
         x_BxTxD = x_BxTxD + self.mlp(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
-        return x_BxTxD
+        return x_BxTxD, new_cache
 
 
-def _block_forward(block: Block, x_BxTxD: jax.Array) -> jax.Array:
-    return block(x_BxTxD)
+def _block_forward(block: Block, x_BxTxD: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+    return block(x_BxTxD, positions_BxT)[0]
 
 
 # Recomputes each block's activations in the backward pass instead of storing them.
@@ -165,10 +196,29 @@ class GPT(nnx.Module):
         )
 
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
-        x_BxTxD = rms_norm(self.embed(tokens_BxT).astype(jnp.float32))
+        T = tokens_BxT.shape[1]
+        positions_1xT = jnp.arange(T)[None, :]
+        x_BxTxD = self._embed(tokens_BxT)
         forward = _block_forward_remat if self.remat else _block_forward
         for block in self.blocks:
-            x_BxTxD = forward(block, x_BxTxD)
+            x_BxTxD = forward(block, x_BxTxD, positions_1xT)
+        return self._logits(x_BxTxD)
+
+    def forward_cached(
+        self, tokens_BxT: jax.Array, positions_BxT: jax.Array, caches: list[LayerCache] | None = None
+    ) -> tuple[jax.Array, list[LayerCache]]:
+        """Logits and per-layer keys/values, for inference (see Attention.__call__ for the two cache modes)."""
+        x_BxTxD = self._embed(tokens_BxT)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            x_BxTxD, layer_cache = block(x_BxTxD, positions_BxT, None if caches is None else caches[i])
+            new_caches.append(layer_cache)
+        return self._logits(x_BxTxD), new_caches
+
+    def _embed(self, tokens_BxT: jax.Array) -> jax.Array:
+        return rms_norm(self.embed(tokens_BxT).astype(jnp.float32))
+
+    def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
         logits_BxTxV = self.head(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
         cap = jnp.float32(self.logit_softcap)
         return cap * jnp.tanh(logits_BxTxV / cap)
