@@ -96,10 +96,10 @@ def _fill(model: GPT, arrays: dict[str, np.ndarray], where: Path, dtype: jnp.dty
     if missing or extra:
         raise CheckpointError(f"{where}: parameters do not match the model config (missing {missing[:3]}, unexpected {extra[:3]})")
     for name, path in names.items():
-        want = flat[path].value.shape if hasattr(flat[path], "value") else flat[path].shape
+        want = flat[path].get_value().shape
         if tuple(arrays[name].shape) != tuple(want):
             raise CheckpointError(f"{where}: parameter {name} has shape {arrays[name].shape}, the config says {want}")
-        flat[path].value = jnp.asarray(arrays[name], dtype=dtype)
+        flat[path].set_value(jnp.asarray(arrays[name], dtype=dtype))
     nnx.update(model, nnx.from_flat_state(flat))
 
 
@@ -147,5 +147,5 @@ def _read_orbax(params_dir: Path, model: GPT, where: Path) -> dict[str, np.ndarr
         restored = ocp.StandardCheckpointer().restore(params_dir.absolute(), target)
     except Exception as exc:  # orbax raises many types for a damaged or foreign folder
         raise CheckpointError(f"{params_dir}: cannot restore the weights ({type(exc).__name__}: {exc})") from None
-    return {".".join(str(p) for p in path): np.asarray(v.value if hasattr(v, "value") else v)
+    return {".".join(str(p) for p in path): np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
             for path, v in nnx.to_flat_state(restored)}
