@@ -14,8 +14,10 @@ BPE_CACHE_FILE := $(TIKTOKEN_CACHE_DIR)/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 
 CONFIG ?= planck150m
 RUNS ?= runs
+CHECKPOINT ?= $(RUNS)/sft
+PORT ?= 8000
 
-.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train
+.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -26,7 +28,9 @@ help:
 	@echo "make pretrain     train the pretrain phase (CONFIG=planck150m) into $(RUNS)/pretrain"
 	@echo "make midtrain sft the next phases, each starting from the previous phase's final weights"
 	@echo "make demo-train   offline, CPU: the tiny preset through pretrain and sft on $(SHARDS)/demo/"
-	@echo "make bench        tokenizer and loader throughput (prints figures)"
+	@echo "make chat         talk to a finished model in the terminal (CHECKPOINT=$(CHECKPOINT))"
+	@echo "make serve        OpenAI-compatible HTTP API + web chat on http://127.0.0.1:$(PORT) (CHECKPOINT=...)"
+	@echo "make bench        tokenizer, loader and decode throughput (prints figures)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,9 +76,16 @@ demo-train: demo-shards
 	$(PLANCK) train pretrain --config tiny --data $(SHARDS)/demo/pretrain --run-dir $(RUNS)/demo/pretrain
 	$(PLANCK) train sft --config tiny --data $(SHARDS)/demo/sft --run-dir $(RUNS)/demo/sft --init-from $(RUNS)/demo/pretrain
 
+chat: install tokenizer-cache
+	$(PLANCK) chat --checkpoint $(CHECKPOINT)
+
+serve: install tokenizer-cache
+	$(PLANCK) serve --checkpoint $(CHECKPOINT) --port $(PORT)
+
 bench: install tokenizer-cache
 	$(PY) bench/tokenize_throughput.py
 	$(PY) bench/loader_throughput.py
+	$(PY) bench/decode_throughput.py --config tiny
 
 clean-shards:
 	rm -rf $(SHARDS)/pretrain $(SHARDS)/midtrain $(SHARDS)/sft $(SHARDS)/demo
