@@ -10,8 +10,9 @@ from planck.schemas.tokenizer import ENDOFTEXT_ID
 
 ROLES = ("system", "user", "assistant")
 
-# Room kept free for the reply when older turns must be dropped (or max_tokens, if smaller).
-REPLY_ROOM = 256
+# When older turns must be dropped, a quarter of the context (256 of 1024 tokens) is kept free
+# for the reply, or max_tokens if that is less.
+REPLY_FRACTION = 4
 
 
 class PromptError(ValueError):
@@ -35,14 +36,14 @@ def chat_prompt(messages: Sequence[Message], context: int, max_tokens: int) -> t
     """Ids of the conversation ending in <|assistant_start|>, and how many old messages were dropped to fit.
 
     Older turns go first, from the front; the system prompt and the current question always stay.
-    The prompt is fitted to leave room for min(max_tokens, REPLY_ROOM) reply tokens; if even the
+    The prompt is fitted to leave room for min(max_tokens, context / 4) reply tokens; if even the
     system prompt and the question leave no room for one token, PromptError.
     """
     check_messages(messages)
     system = [m for m in messages if m.role == "system"]
     history = list(messages[len(system):-1])
     question = messages[-1]
-    budget = context - max(1, min(max_tokens, REPLY_ROOM))
+    budget = context - max(1, min(max_tokens, context // REPLY_FRACTION))
     dropped = 0
     while True:
         ids = render_prompt([*system, *history, question])
