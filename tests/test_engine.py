@@ -71,6 +71,18 @@ def test_cached_decode_matches_full_forward_at_every_position(loaded, engine):
     assert worst < 1e-4, worst
 
 
+def test_no_recompilation_per_token_or_prompt_length(loaded):
+    engine = Engine(loaded, slots=2)
+    b = Batcher(engine)
+    try:
+        for n in (3, 17, 29, 33, 60):  # buckets 32 and 64
+            b.generate(list(range(1, n + 1)), SamplingParams(max_tokens=4, seed=n))
+    finally:
+        b.close()
+    assert engine._prefill._cache_size() == 2
+    assert engine._decode._cache_size() == 1
+
+
 def test_prompt_buckets_cover_the_context():
     assert prompt_buckets(1024) == (32, 64, 128, 256, 512, 1024)
     assert prompt_buckets(100) == (32, 64, 100)
