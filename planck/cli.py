@@ -38,6 +38,13 @@ def version() -> str:
         return "0+unknown"
 
 
+# What survives a Ctrl-C, for the jobs that write files.
+_INTERRUPTED_HINT = {
+    "tokenize": "; finished shards are kept, re-run the same command to resume",
+    "train": "; the last checkpoint is kept, re-run the same command to resume",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the handler, turn expected failures into one clear line."""
     from planck.schemas.manifest import ManifestError
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"planck: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nplanck: interrupted; finished shards are kept, re-run the same command to resume", file=sys.stderr)
+        print(f"\nplanck: interrupted{_INTERRUPTED_HINT.get(args.command, '')}", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,293 @@
+"""The terminal chat (serve/repl.py): the real `planck chat` in a pseudo-terminal, piped, and in-process with a fake engine."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pexpect
+import pytest
+
+from planck.schemas.rows import Message
+from planck.schemas.tokenizer import ENDOFTEXT_ID
+from planck.serve.batcher import Finished, SamplingParams, TextDelta
+from planck.serve.prompt import chat_prompt
+from planck.serve.repl import ReplSettings, printable, run_repl
+
+REPO = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+CHAT_PROMPT = "you> "
+
+# pexpect forks this process (which holds JAX's threads, from the checkpoint fixtures) and execs at once: safe.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
+
+def clean(text: str) -> str:
+    """Terminal output as plain text: no escape sequences, no carriage returns."""
+    return ANSI.sub("", text).replace("\r", "")
+
+
+def spawn_chat(checkpoint: Path, prompt: str) -> pexpect.spawn:
+    """`planck chat` in a pseudo-terminal, stopped at its first prompt; `.banner` holds what came before."""
+    child = pexpect.spawn(
+        sys.executable, ["-m", "planck.cli", "chat", "--checkpoint", str(checkpoint), "--max-tokens", "20", "--seed", "1"],
+        cwd=REPO, env=os.environ | {"NO_COLOR": "1", "TERM": "dumb"}, encoding="utf-8", timeout=120,
+        dimensions=(40, 400),  # wide: readline never wraps the typed line
+    )
+    child.expect_exact(prompt)
+    child.banner = clean(child.before)
+    return child
+
+
+def command(child: pexpect.spawn, line: str, prompt: str = CHAT_PROMPT) -> str:
+    """Send one line and return everything printed before the next prompt."""
+    child.sendline(line)
+    child.expect_exact(line)  # the terminal's echo of the typed line
+    child.expect_exact(prompt)
+    return clean(child.before).strip("\n")
+
+
+def ask(child: pexpect.spawn, question: str, prompt: str = CHAT_PROMPT) -> str:
+    """Send a question; the reply text (with any [stopped ...] note) printed after `planck> `."""
+    child.sendline(question)
+    child.expect_exact("planck> ")
+    child.expect_exact(prompt)
+    return clean(child.before).strip("\n")
+
+
+@pytest.fixture(scope="module")
+def chat(chat_checkpoint):
+    """One chat session shared by the tests below, in file order (each leaves it at a fresh prompt)."""
+    child = spawn_chat(chat_checkpoint, CHAT_PROMPT)
+    yield child
+    if child.isalive():
+        child.close(force=True)
+
+
+# ---- the real command in a terminal ------------------------------------------------------------
+
+
+def test_banner_and_help(chat):
+    assert "planck chat: chat (sft, step 0" in chat.banner
+    assert "context 128" in chat.banner and "chat model, memory on" in chat.banner
+    assert "/help for commands, Ctrl-C stops a reply, Ctrl-D or /quit leaves" in chat.banner
+    out = command(chat, "/help")
+    for name in ("/temp", "/topk", "/topp", "/max", "/seed", "/memory", "/reset", "/show", "/clear", "/system", "/settings", "/quit"):
+        assert re.search(rf"^  {re.escape(name)}\b", out, re.M), f"{name} missing from /help:\n{out}"
+    assert "unknown command /nope" in command(chat, "/nope")
+
+
+def test_reply_show_reset(chat):
+    reply = ask(chat, "What is the capital of France?")
+    assert reply.strip() and reply.endswith("[stopped: length limit]")  # random weights ramble to --max-tokens
+    shown = command(chat, "/show")
+    assert "user: What is the capital of France?" in shown
+    assert re.search(r"^assistant: +\S", shown, re.M)
+    assert re.search(r"\[\d+ of 128 context tokens; memory on\]", shown)
+    assert "conversation forgotten" in command(chat, "/reset")
+    assert "(empty conversation)" in command(chat, "/show")
+
+
+def test_greedy_is_deterministic_and_bad_settings_are_refused(chat):
+    assert "temperature = 0.0" in command(chat, "/temp 0")
+    assert "memory off" in command(chat, "/memory off")
+    first = ask(chat, "Tell me about cats.")
+    second = ask(chat, "Tell me about cats.")
+    assert first == second and first.strip()
+    err = command(chat, "/temp -1")
+    assert "temperature" in err and "expected 0" in err
+    assert "usage: /topk N" in command(chat, "/topk lots")
+    assert command(chat, "/settings").startswith("temperature 0, top_k 50, top_p 1, max_tokens 20, seed 1")
+    command(chat, "/memory on")
+
+
+def test_ctrl_c_stops_a_reply_and_not_the_chat(chat):
+    assert "max_tokens = 100000" in command(chat, "/max 100000")  # only the context (128) ends a reply
+    for _ in range(5):  # the interrupt races a reply of ~100 tokens; retry if the reply won
+        chat.sendline("Write a very long story.")
+        chat.expect_exact("planck> ")
+        chat.sendintr()
+        if chat.expect([r"\[stopped\]", r"\[stopped: length limit\]"]) == 0:
+            chat.expect_exact(CHAT_PROMPT)
+            break
+        command(chat, "/settings")  # resynchronise: the late Ctrl-C may have printed a prompt of its own
+    else:
+        pytest.fail("Ctrl-C never stopped a reply")
+    # The engine takes the next question (the stopped request left its slot).
+    command(chat, "/max 20")
+    assert ask(chat, "And another?").strip()
+    # Ctrl-C at the prompt, twice: a fresh prompt each time, the chat goes on.
+    for _ in range(2):
+        chat.sendintr()
+        chat.expect_exact(CHAT_PROMPT)
+    assert chat.isalive()
+    assert "max_tokens 20" in command(chat, "/settings")
+
+
+def test_eof_leaves_with_status_0(chat):
+    chat.sendeof()
+    chat.expect_exact("bye")
+    chat.expect(pexpect.EOF)
+    chat.close()
+    assert chat.exitstatus == 0
+
+
+def test_base_model_completes_plain_text(base_checkpoint):
+    child = spawn_chat(base_checkpoint, "text> ")
+    try:
+        assert "base model: plain completion" in child.banner
+        assert ask(child, "Once upon a time", prompt="text> ").strip()
+        assert "unavailable for base models" in command(child, "/memory on", prompt="text> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.close(force=True)
+
+
+def test_piped_stdin_without_a_terminal(chat_checkpoint):
+    questions = [f"Question number {i}?" for i in range(6)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "planck.cli", "chat", "--checkpoint", str(chat_checkpoint), "--max-tokens", "20", "--seed", "1"],
+        input="\n".join([*questions, "/show", "/quit"]) + "\n", cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=os.environ | {"NO_COLOR": ""},  # empty NO_COLOR does not count, yet no colour: stdout is a pipe
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[" not in proc.stdout
+    assert "you> Question number 0?\nplanck> " in proc.stdout  # a transcript: each line echoed after its prompt
+    assert proc.stdout.count("planck> ") == 6
+    # Six 20-token exchanges overflow the 128-token context: old turns are dropped, here and in memory.
+    assert re.search(r"\[dropped \d+ old messages to fit the context\]", proc.stdout)
+    shown = proc.stdout.split("you> /show\n")[1]
+    assert "user: Question number 5?" in shown and "user: Question number 0?" not in shown
+    assert proc.stdout.rstrip().endswith("bye")
+
+
+def test_bad_checkpoint_is_one_error_line(tmp_path):
+    missing = tmp_path / "no_such_run"
+    proc = subprocess.run([sys.executable, "-m", "planck.cli", "chat", "--checkpoint", str(missing)],
+                          cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("planck: error:") and str(missing) in lines[0]
+
+
+# ---- in-process, with a fake engine (fast: exact prompts and edge cases) -----------------------
+
+
+class FakeBatcher:
+    """Replies with fixed pieces and records every prompt; `closed` counts streams closed before finishing."""
+
+    def __init__(self, context: int = 128, pieces=("Hello", " there."), reason: str = "stop"):
+        self.engine = SimpleNamespace(context=context)
+        self.pieces, self.reason = pieces, reason
+        self.prompts: list[list[int]] = []
+        self.cancelled = 0
+
+    def stream(self, prompt_ids, params, stop=()):
+        self.prompts.append(list(prompt_ids))
+        finished = False
+        try:
+            for p in self.pieces:
+                yield TextDelta(p)
+            finished = True
+            yield Finished(self.reason, len(prompt_ids), len(self.pieces))
+        finally:
+            if not finished:
+                self.cancelled += 1
+
+
+def fake_model(chat: bool = True):
+    return SimpleNamespace(is_chat=chat, name="toy", meta={"phase": "sft" if chat else "pretrain", "step": 7, "parameters": 1234567})
+
+
+def session(lines: list[str], batcher=None, chat: bool = True, stdout=None, **settings) -> tuple[str, FakeBatcher]:
+    batcher = batcher or FakeBatcher()
+    out = stdout or io.StringIO()
+    params = settings.pop("params", SamplingParams(max_tokens=20))
+    code = run_repl(batcher, fake_model(chat), ReplSettings(params=params, **settings), io.StringIO("".join(f"{l}\n" for l in lines)), out)
+    assert code == 0
+    return out.getvalue(), batcher
+
+
+def test_memory_on_sends_the_conversation_and_off_sends_the_question_alone():
+    out, b = session(["hi", "again", "/memory off", "again"], system="Be brief.")
+    ctx = 128
+    sys_msg, hi, again = Message("system", "Be brief."), Message("user", "hi"), Message("user", "again")
+    assert b.prompts[0] == chat_prompt([sys_msg, hi], ctx, 20)[0]
+    assert b.prompts[1] == chat_prompt([sys_msg, hi, Message("assistant", "Hello there."), again], ctx, 20)[0]
+    assert b.prompts[2] == chat_prompt([sys_msg, again], ctx, 20)[0]  # memory off: the system prompt stays
+    assert out.count("planck> Hello there.\n") == 3 and "[stopped" not in out
+    assert out.startswith("planck chat: toy (sft, step 7, 1.2M parameters, context 128)\n")
+    assert "\x1b[" not in out  # StringIO is not a terminal: no colour
+
+
+def test_dropped_turns_are_noted_and_forgotten():
+    b = FakeBatcher(context=64, pieces=("word " * 8,))
+    out, _ = session([f"question {i}" for i in range(4)] + ["/show"], batcher=b)
+    notes = re.findall(r"\[dropped (\d+) old messages to fit the context\]", out)
+    assert notes, out
+    shown = out.split("you> /show\n")[1]
+    assert "user: question 0" not in shown and "user: question 3" in shown
+    assert shown.count("user:") == 4 - sum(int(n) for n in notes) // 2
+
+
+def test_reset_show_system_and_prompt_errors():
+    long_question = "why " * 200
+    out, b = session(["/system Be brief.", "hi", "/reset", "/show", long_question, "/system", "/show", "/seed off", "/settings"])
+    shown = out.split("you> /show\n")
+    assert "system: Be brief." in shown[1] and "user: hi" not in shown[1]  # /reset keeps the system prompt
+    assert "the prompt is" in out and "context holds 128" in out  # PromptError: printed, the chat goes on
+    assert len(b.prompts) == 1
+    assert "(empty conversation)" in shown[2]
+    assert "seed random" in out.split("you> /settings\n")[1]
+
+
+def test_interrupt_while_printing_cancels_the_request():
+    class InterruptOnce(io.StringIO):
+        """A terminal where Ctrl-C lands while the first piece of the reply is being printed."""
+        armed = True
+
+        def write(self, text):
+            super().write(text)
+            if self.armed and text == "Hello":
+                self.armed = False
+                raise KeyboardInterrupt
+
+    out, b = session(["hi", "/show", "again"], stdout=InterruptOnce())
+    assert "planck> Hello\n[stopped]\n" in out
+    assert b.cancelled == 1  # the stream was closed: the batcher cancels the request and frees its slot
+    assert "assistant: Hello\n" in out  # remembered as far as it got
+    assert "planck> Hello there.\n" in out
+
+
+def test_interrupt_before_any_text_forgets_the_question():
+    class Interrupting(FakeBatcher):
+        def stream(self, prompt_ids, params, stop=()):
+            self.prompts.append(list(prompt_ids))
+            raise KeyboardInterrupt  # Ctrl-C while waiting for the first piece
+            yield
+
+    out, _ = session(["hi", "/show"], batcher=Interrupting())
+    assert "planck> \n[stopped]\n" in out and "(empty conversation)" in out
+
+
+def test_length_stop_note_and_base_models():
+    out, b = session(["Once upon", "/memory on", "/show", "/system x", "/clear"], batcher=FakeBatcher(reason="length"), chat=False)
+    assert "base model: plain completion" in out
+    assert "text> Once upon\nplanck> Hello there.\n[stopped: length limit]\n" in out
+    assert b.prompts[0][0] == ENDOFTEXT_ID  # <|endoftext|> then the plain text: no chat template
+    assert "memory is unavailable for base models" in out
+    assert "no conversation" in out and "system prompts are unavailable" in out
+    assert "\x1b[2J\x1b[H" in out
+
+
+def test_model_text_cannot_drive_the_terminal():
+    assert printable("a\x1b[2Jb\tc\nd\re\x9b") == "a\u241b[2Jb\tc\nd\u240de\ufffd"
