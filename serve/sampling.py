@@ -43,6 +43,8 @@ def sample_tokens(
         return jax.random.categorical(key, row_K)
 
     choice_B = jax.vmap(pick)(seeds_B.astype(jnp.uint32), counters_B.astype(jnp.uint32), masked_BxK)
-    sampled_B = jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    greedy_B = ids_BxK[:, 0].astype(jnp.int32)  # the best candidate: no second pass over the vocabulary
-    return jnp.where(temperature_B > 0, sampled_B, greedy_B)
+    # Greedy rows take the best candidate. One gather for both cases: a second use of the top_k
+    # ids (ids[:, 0]) made XLA on CPU replace its fast top-k with a full sort of the vocabulary
+    # (70 ms instead of 1.4 ms per step at 4 slots).
+    choice_B = jnp.where(temperature_B > 0, choice_B, 0)
+    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
