@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the handler, turn expected failures into one clear line."""
     from planck.schemas.manifest import ManifestError
     from planck.schemas.tokenizer import TokenizerUnavailable
-    from planck.serve.weights import CheckpointError
+    from planck.serve.errors import CheckpointError
     from planck.shards.reader import ShardError
     from planck.tokenize.mixture import MixtureError
     from planck.tokenize.output import JobError

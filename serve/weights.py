@@ -18,9 +18,7 @@ from planck.schemas.tokenizer import TOKENIZER_NAME, tokenizer_fingerprint
 from planck.train.config import ConfigError, ModelConfig
 from planck.train.model import GPT
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be served; the message names the path and what is wrong."""
+from .errors import CheckpointError
 
 
 @dataclass
