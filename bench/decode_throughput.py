@@ -25,7 +25,7 @@ from flax import nnx
 
 from planck.serve.batcher import Batcher, SamplingParams, TextDelta
 from planck.serve.engine import Engine
-from planck.serve.weights import LoadedModel, load_model
+from planck.serve.weights import LoadedModel, load_model, serving_dtype
 from planck.train.config import load_config
 from planck.train.model import GPT
 
@@ -56,9 +56,10 @@ def bandwidth() -> tuple[float, str]:
     return host_bandwidth(), "measured numpy copy"
 
 
-def random_model(preset: str, overrides: list[str]) -> LoadedModel:
-    """The preset's model with its parameters stored in the compute dtype, as load_model does."""
+def random_model(preset: str, overrides: list[str], dtype: str | None) -> LoadedModel:
+    """The preset's model in the serving dtype, with its parameters stored in it, as load_model does."""
     cfg = load_config(preset, "sft", overrides).model
+    cfg.compute_dtype = serving_dtype(cfg.compute_dtype, dtype)
     model = GPT(cfg, rngs=nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     nnx.update(model, jax.tree_util.tree_map(lambda x: x.astype(jnp.dtype(cfg.compute_dtype)), state))
@@ -87,8 +88,9 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--concurrent", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default=None, help="serving dtype (default: float32 on CPU, the model's on GPU)")
     args = ap.parse_args()
-    loaded = load_model(args.checkpoint) if args.checkpoint else random_model(args.config, args.overrides)
+    loaded = load_model(args.checkpoint, args.dtype) if args.checkpoint else random_model(args.config, args.overrides, args.dtype)
     cfg = loaded.config
     # One slot, as `planck chat` runs, for the single-user figures; --concurrent slots as `planck serve` runs.
     engine = Engine(loaded, slots=1)

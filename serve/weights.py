@@ -101,9 +101,20 @@ def _fill(model: GPT, arrays: dict[str, np.ndarray], where: Path, dtype: jnp.dty
     nnx.update(model, nnx.from_flat_state(flat))
 
 
+def serving_dtype(compute_dtype: str, requested: str | None = None) -> str:
+    """The dtype to serve in: `requested`, else float32 on a CPU, else the model's compute dtype.
+
+    XLA's CPU backend runs one-token bf16 steps ~8x slower than float32 (150M model: 253 vs 30 ms
+    per decode step here), while GPUs read half the bytes per token in bf16.
+    """
+    if requested:
+        return requested
+    return "float32" if jax.default_backend() == "cpu" else compute_dtype
+
+
 def load_model(path: Path, dtype: str | None = None) -> LoadedModel:
-    """Load a run folder, a final/ folder or an exported .npz; parameters are stored in `dtype`
-    (default: the model's compute dtype, which halves memory and bytes read per token for bf16)."""
+    """Load a run folder, a final/ folder or an exported .npz for inference in `dtype`
+    (parameters and compute; default from serving_dtype)."""
     src = resolve(path)
     if src.suffix == ".npz":
         try:
@@ -123,8 +134,9 @@ def load_model(path: Path, dtype: str | None = None) -> LoadedModel:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{src / 'model.json'}: not JSON ({exc})") from None
         arrays = None
-    cfg = _check_meta(meta, src)
-    param_dtype = jnp.dtype(dtype or cfg.compute_dtype)
+    cfg = dataclasses.replace(_check_meta(meta, src), remat=False)
+    cfg.compute_dtype = serving_dtype(cfg.compute_dtype, dtype)
+    param_dtype = jnp.dtype(cfg.compute_dtype)
     model = _abstract_model(cfg)
     if arrays is None:
         arrays = _read_orbax(src / "params", model, src)

@@ -20,7 +20,7 @@ from planck.serve.engine import Engine, SlotSampling, prompt_buckets
 from planck.serve.prompt import PromptError, chat_prompt, completion_prompt
 from planck.serve.sampling import sample_tokens
 from planck.serve.text_stream import TextStream
-from planck.serve.weights import CheckpointError, load_model
+from planck.serve.weights import CheckpointError, load_model, serving_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = 3
@@ -297,6 +297,9 @@ def test_bfloat16_serving_halves_the_weights_and_still_generates(chat_checkpoint
     engine = Engine(bf16, slots=1)
     f32_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(load_model(chat_checkpoint).model))
     assert engine.weight_bytes * 2 == f32_bytes
+    assert bf16.config.compute_dtype == "bfloat16" and engine._caches[0][0].dtype == jnp.bfloat16
+    # Unless asked, a CPU serves in float32 (XLA's bf16 decode is much slower there).
+    assert serving_dtype("bfloat16") == "float32" and serving_dtype("bfloat16", "float16") == "float16"
     b = Batcher(engine)
     try:
         text, done = b.generate(completion_prompt("Hi", engine.context), SamplingParams(max_tokens=5, seed=0))
