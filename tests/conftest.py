@@ -227,3 +227,58 @@ def chat_checkpoint(tmp_path_factory) -> Path:
 def base_checkpoint(tmp_path_factory) -> Path:
     """A run folder (runs/base) whose final/ is a tiny random-weight base (pretrain-only) model."""
     return write_checkpoint(tmp_path_factory.mktemp("runs") / "base", chat=False, seed=1)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A running `planck serve`: its base URL and the log file of its output."""
+
+    def __init__(self, url: str, log: Path):
+        self.url, self.log = url, log
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_checkpoint, tmp_path_factory):
+    """One `planck serve` process on the tiny chat model (4 slots), shared by the HTTP and browser tests."""
+    import time
+
+    import httpx
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "planck.cli", "serve", "--checkpoint", str(chat_checkpoint),
+             "--port", str(port), "--slots", "4"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"planck serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"planck serve did not answer /health within 120 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield ServerProcess(url, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

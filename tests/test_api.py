@@ -4,10 +4,7 @@ concurrent streams, disconnects that free their slot, and base models (in-proces
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,45 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class Server:
-    url: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
-def server(chat_checkpoint, tmp_path_factory):
-    """One `planck serve` process on the tiny chat model (4 slots) for the whole module."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "planck.cli", "serve", "--checkpoint", str(chat_checkpoint),
-             "--port", str(port), "--slots", "4"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"planck serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"planck serve did not answer /health within 120 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield Server(url, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server(chat_server):
+    """The session's `planck serve` process (tests/conftest.py): tiny chat model, 4 slots."""
+    return chat_server
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,6 @@ sends the conversation so far."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -35,45 +30,10 @@ RECORDER = """() => {
 }"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url(chat_checkpoint, tmp_path_factory):
-    """One `planck serve` process on the tiny chat model for this module."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve_web") / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "planck.cli", "serve", "--checkpoint", str(chat_checkpoint),
-             "--port", str(port), "--slots", "2"],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"planck serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"planck serve did not answer /health within 120 s:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server_url(chat_server):
+    """The session's `planck serve` process (tests/conftest.py)."""
+    return chat_server.url
 
 
 def test_page_streams_a_reply_and_sends_the_history(server_url):
