@@ -244,7 +244,8 @@ def test_shipped_mixtures():
     assert mid.seed != sft.seed
 
     demo = load_mixture("demo")
-    assert [(s.name, s.repeats, s.hf) for s in demo.sources] == [("identity", 8, None)]
+    assert [(s.name, s.repeats, s.hf) for s in demo.sources] == [("identity", 4, None), ("demo_chat", 1, None)]
+    assert demo.sources[1].path == "builtin:demo_chat"  # not resolved against the mixture's folder
 
     point_at_local(mid, ["mmlu=/data/mmlu/"])
     mmlu = {s.name: s for s in mid.sources}["mmlu"]
@@ -487,3 +488,19 @@ def test_a_table_without_the_formats_columns_is_a_clear_error(tmp_path, planck):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert str(wrong) in proc.stderr and "no column messages" in proc.stderr and "prompt" in proc.stderr
+
+
+def test_builtin_demo_chat_set_is_valid_fixed_and_fits_tiny_windows():
+    from planck.schemas.chat_template import render_conversation, to_conversation
+    from planck.tokenize.demo_chat import demo_chat_rows
+    from planck.tokenize.sources import SourceError, SourceSpec, open_rows
+
+    rows = list(demo_chat_rows())
+    assert len(rows) >= 300 and rows == list(demo_chat_rows())  # the same rows, in the same order, every time
+    lengths = [len(render_conversation(to_conversation("conversation", r))[0]) for r in rows]
+    assert max(lengths) <= 80 and sorted(lengths)[len(lengths) // 2] <= 32  # most fit the tiny preset's 64-token windows
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    assert any(t.endswith(" = 42.") for t in texts) and any("Python" in t for t in texts)
+    assert list(open_rows(SourceSpec("d", "conversation", path="builtin:demo_chat"))) == rows
+    with pytest.raises(SourceError, match="unknown built-in set 'builtin:nope'"):
+        open_rows(SourceSpec("d", "conversation", path="builtin:nope"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from planck.configs.shipped import shipped_file
 from planck.schemas.rows import CHAT_FORMATS
 
-from .sources import SourceSpec
+from .sources import BUILTIN_PREFIX, SourceSpec
 
 SHIPPED = ("midtrain", "sft", "demo")
 _TOP_KEYS = {"description", "seed", "source"}
@@ -78,7 +78,7 @@ def load_mixture(name_or_path: str) -> Mixture:
             if key in t and (not isinstance(t[key], int) or isinstance(t[key], bool) or t[key] < low):
                 raise MixtureError(f"{where}: `{key}` must be an integer >= {low}")
         local = t.get("path")
-        if local is not None and not Path(local).is_absolute():
+        if local is not None and not local.startswith(BUILTIN_PREFIX) and not Path(local).is_absolute():
             local = str((path.parent / local).resolve())
         sources.append(
             SourceSpec(

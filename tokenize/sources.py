@@ -13,6 +13,8 @@ from planck.schemas.rows import CHAT_FORMATS, SCHEMAS, missing_columns
 from . import embedded
 
 EMBEDDED = "embedded"
+# Chat sets generated in code, named in mixtures as `path = "builtin:NAME"` (no file to read).
+BUILTIN_PREFIX = "builtin:"
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
 
@@ -37,6 +39,10 @@ class SourceSpec:
         """A one-line, stable description recorded in the manifest."""
         if self.path == EMBEDDED:
             return embedded.describe()
+        if self.path and self.path.startswith(BUILTIN_PREFIX):
+            from . import demo_chat
+
+            return demo_chat.describe()
         if self.path is not None:
             return f"local: {self.path}" + (f" (split {self.split})" if Path(self.path).is_dir() else "")
         return f"hf: {self.hf}" + (f" config {self.config}" if self.config else "") + f" split {self.split}"
@@ -116,6 +122,12 @@ def open_rows(spec: SourceSpec, *, worker_index: int = 0, num_workers: int = 1) 
     if spec.path == EMBEDDED:
         rows: Iterator[Any] = embedded.embedded_rows()
         return (r for i, r in enumerate(rows) if i % num_workers == worker_index)
+    if spec.path and spec.path.startswith(BUILTIN_PREFIX):
+        from . import demo_chat
+
+        if spec.path != BUILTIN_PREFIX + demo_chat.NAME:
+            raise SourceError(f"source {spec.name!r}: unknown built-in set {spec.path!r}; there is {BUILTIN_PREFIX}{demo_chat.NAME}")
+        return (r for i, r in enumerate(demo_chat.demo_chat_rows()) if i % num_workers == worker_index)
     if spec.format == "identity" and spec.path and spec.path.endswith(".json"):
         return (r for i, r in enumerate(_identity_rows(spec)) if i % num_workers == worker_index)
     ds = _dataset(spec)
