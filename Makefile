@@ -30,7 +30,7 @@ help:
 	@echo "make demo-train   offline, CPU: the tiny preset through pretrain and sft on $(SHARDS)/demo/"
 	@echo "make chat         talk to a finished model in the terminal (CHECKPOINT=$(CHECKPOINT))"
 	@echo "make serve        OpenAI-compatible HTTP API + web chat on http://127.0.0.1:$(PORT) (CHECKPOINT=...)"
-	@echo "make bench        tokenizer, loader and decode throughput (prints figures)"
+	@echo "make bench        tokenizer, loader, train-step and decode figures beside their ceilings -> bench/results/bench.json"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -82,10 +82,13 @@ chat: install tokenizer-cache
 serve: install tokenizer-cache
 	$(PLANCK) serve --checkpoint $(CHECKPOINT) --port $(PORT)
 
+# The train step runs before the loader so that loader.json compares with this run's consumption.
 bench: install tokenizer-cache
 	$(PY) bench/tokenize_throughput.py
+	$(PY) bench/train_step.py --config tiny
 	$(PY) bench/loader_throughput.py
 	$(PY) bench/decode_throughput.py --config tiny
+	$(PY) bench/summary.py
 
 clean-shards:
 	rm -rf $(SHARDS)/pretrain $(SHARDS)/midtrain $(SHARDS)/sft $(SHARDS)/demo

@@ -7,13 +7,16 @@ Everything goes through the real serving path: Engine (compiled prefill/decode, 
 Batcher (slots, text streaming). The ceiling: a decode step must read every weight and the cached
 keys/values of each busy slot once, so steps/s <= memory bandwidth / bytes read per step;
 bandwidth is measured here with a large numpy copy (CPU) or taken from the GPU's data sheet.
-Writes bench/results/decode_<config>.json.
+Writes bench/results/decode_<config>.json, with the peak memory (device on GPU, process RSS always).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,6 +57,16 @@ def bandwidth() -> tuple[float, str]:
         if name in kind:
             return bw, f"{kind} data sheet"
     return host_bandwidth(), "measured numpy copy"
+
+
+def peak_memory() -> dict[str, int]:
+    """Peak device bytes in use (where the backend reports it), the process's peak RSS, and the limits they meet."""
+    stats = jax.devices()[0].memory_stats() or {}
+    out = {k: stats[s] for k, s in (("peak_device_bytes", "peak_bytes_in_use"), ("device_limit_bytes", "bytes_limit")) if s in stats}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024
+    out["host_ram_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return out
 
 
 def random_model(preset: str, overrides: list[str], dtype: str | None) -> LoadedModel:
@@ -141,6 +154,7 @@ def main() -> None:
         "decode_tok_s_batch1": decode1, f"decode_tok_s_{args.concurrent}_concurrent": decode_n,
         "bandwidth_bytes_s": bw, "bandwidth_source": bw_source,
         "ceiling_tok_s_batch1": bw / step_bytes_1, f"ceiling_tok_s_{args.concurrent}_concurrent": args.concurrent * bw / step_bytes_n,
+        **peak_memory(),
     }
     print(f"{out['config']} on {out['device']}: {cfg.n_layer} layers, d_model {cfg.d_model}, context {engine.context}, "
           f"weights {engine.weight_bytes / 1e6:.1f} MB ({cfg.compute_dtype}), KV cache {engine_n.cache_bytes / 1e6:.1f} MB "
@@ -151,6 +165,8 @@ def main() -> None:
     ceil_n = out[f"ceiling_tok_s_{args.concurrent}_concurrent"]
     print(f"  decode {args.concurrent} at once  {decode_n:>10,.0f} tok/s  ceiling {ceil_n:>10,.0f} ({decode_n / ceil_n:.0%})")
     print(f"  bandwidth {bw / 1e9:.1f} GB/s ({bw_source})")
+    print(f"  peak RSS {out['peak_rss_bytes'] / 1e6:,.0f} MB"
+          + (f", peak device {out['peak_device_bytes'] / 1e6:,.0f} MB" if "peak_device_bytes" in out else ""))
     path = Path(__file__).parent / "results" / f"decode_{Path(out['config']).name}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

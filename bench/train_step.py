@@ -4,13 +4,16 @@
 
 Random tokens (speed does not depend on them), the real compiled step (grad accumulation
 scan, Muon + Adam). MFU is printed when the device's peak is known (GPUs in train/loop.py).
-Writes bench/results/train_step_<config>.json.
+Writes bench/results/train_step_<config>.json, with the peak memory (device on GPU, process RSS always).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,16 @@ from planck.train.loop import peak_flops
 from planck.train.model import GPT, count_params, flops_per_token
 from planck.train.optim import make_optimizer
 from planck.train.step import train_step
+
+
+def peak_memory() -> dict[str, int]:
+    """Peak device bytes in use (where the backend reports it), the process's peak RSS, and the limits they meet."""
+    stats = jax.devices()[0].memory_stats() or {}
+    out = {k: stats[s] for k, s in (("peak_device_bytes", "peak_bytes_in_use"), ("device_limit_bytes", "bytes_limit")) if s in stats}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024
+    out["host_ram_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return out
 
 
 def main() -> None:
@@ -59,14 +72,16 @@ def main() -> None:
         "config": args.config, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "parameters": count_params(model), "tokens_per_step": tokens, "compile_s": compile_s,
         "step_s": step_s, "tokens_per_s": tps, "flops_per_token": flops_per_token(m),
-        "mfu": flops_per_token(m) * tps / peak if peak else None,
+        "peak_flops": peak, "mfu": flops_per_token(m) * tps / peak if peak else None, **peak_memory(),
     }
     out = Path(f"bench/results/train_step_{args.config}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"{args.config} on {result['devices']} x {result['device']}: {result['parameters']:,} params, "
           f"{tokens:,} tokens/step, compile {compile_s:.1f} s, step {1000 * step_s:.1f} ms, {tps:,.0f} tok/s"
-          + (f", MFU {100 * result['mfu']:.1f}%" if result["mfu"] else ""))
+          + (f", MFU {100 * result['mfu']:.1f}%" if result["mfu"] else "")
+          + f", peak RSS {result['peak_rss_bytes'] / 1e6:,.0f} MB"
+          + (f", peak device {result['peak_device_bytes'] / 1e6:,.0f} MB" if "peak_device_bytes" in result else ""))
 
 
 if __name__ == "__main__":
