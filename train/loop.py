@@ -127,6 +127,17 @@ def _plot(paths: RunPaths) -> None:
     plt.close(fig)
 
 
+def _write_report(paths: RunPaths) -> None:
+    """report.md for a finished run; a failure is logged, never raised: the run itself is done."""
+    try:
+        from . import report
+
+        report.write_report(paths.root)
+    except Exception as exc:
+        log.warning("%s: the run finished but its report was not written (%s); retry with `planck report %s`",
+                    paths.root, exc, paths.root)
+
+
 def evaluate(model, source: ShardWindows, batch_size: int, num_batches: int, sharding) -> dict[str, float]:
     """Validation loss (nats per trained token) and bits per byte over the first `num_batches` batches."""
     loss_sum = tokens = nbytes = 0.0
@@ -282,5 +293,7 @@ def train(
     finally:
         bar.close()
         ckpt.close()
+    if is_main:
+        _write_report(paths)
     return last
 
