@@ -17,7 +17,7 @@ RUNS ?= runs
 CHECKPOINT ?= $(RUNS)/sft
 PORT ?= 8000
 
-.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train chat serve
+.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -27,7 +27,8 @@ help:
 	@echo "make stats        print what every shard folder under $(SHARDS)/ holds"
 	@echo "make pretrain     train the pretrain phase (CONFIG=planck150m) into $(RUNS)/pretrain"
 	@echo "make midtrain sft the next phases, each starting from the previous phase's final weights"
-	@echo "make demo-train   offline, CPU: the tiny preset through pretrain and sft on $(SHARDS)/demo/"
+	@echo "make demo         offline, CPU, minutes: tokenize, pretrain + sft (tiny), evaluate, report, a completion and a chat reply"
+	@echo "make demo-train   the demo's tokenize and training steps only"
 	@echo "make chat         talk to a finished model in the terminal (CHECKPOINT=$(CHECKPOINT))"
 	@echo "make serve        OpenAI-compatible HTTP API + web chat on http://127.0.0.1:$(PORT) (CHECKPOINT=...)"
 	@echo "make bench        tokenizer, loader, train-step and decode figures beside their ceilings -> bench/results/bench.json"
@@ -75,6 +76,19 @@ sft: install tokenizer-cache
 demo-train: demo-shards
 	$(PLANCK) train pretrain --config tiny --data $(SHARDS)/demo/pretrain --run-dir $(RUNS)/demo/pretrain
 	$(PLANCK) train sft --config tiny --data $(SHARDS)/demo/sft --run-dir $(RUNS)/demo/sft --init-from $(RUNS)/demo/pretrain
+
+DEMO_RUNS := $(RUNS)/demo/pretrain $(RUNS)/demo/sft
+
+demo: demo-train
+	$(PLANCK) eval --checkpoint $(RUNS)/demo/pretrain --tasks bpb,sample --data $(SHARDS)/demo/pretrain
+	$(PLANCK) eval --checkpoint $(RUNS)/demo/sft --tasks bpb,sample --data $(SHARDS)/demo/sft
+	$(PLANCK) report $(DEMO_RUNS) --out $(RUNS)/demo/report.md
+	@echo; echo "== a completion from the pretrained model (planck chat on a base model) =="
+	@printf 'The "for" statement\n' | $(PLANCK) chat --checkpoint $(RUNS)/demo/pretrain --temperature 0 --max-tokens 40 --no-warm-up
+	@echo; echo "== a chat reply from the fine-tuned model =="
+	@printf 'Who are you?\n' | $(PLANCK) chat --checkpoint $(RUNS)/demo/sft --temperature 0 --max-tokens 40 --no-warm-up
+	@echo; echo "reports: $(RUNS)/demo/report.md, $(RUNS)/demo/pretrain/report.md, $(RUNS)/demo/sft/report.md"
+	@echo "next: make chat CHECKPOINT=$(RUNS)/demo/sft   or   make serve CHECKPOINT=$(RUNS)/demo/sft"
 
 chat: install tokenizer-cache
 	$(PLANCK) chat --checkpoint $(CHECKPOINT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from planck.eval import cli as eval_cli
 from planck.serve import cli as serve_cli
 from planck.shards import cli as shards_cli
 from planck.tokenize import cli as tokenize_cli
@@ -20,11 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,chat,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,chat,serve,eval}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
     train_cli.register(sub)
     serve_cli.register(sub)
+    eval_cli.register(sub)
     return parser
 
 
@@ -47,6 +49,7 @@ _INTERRUPTED_HINT = {
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the handler, turn expected failures into one clear line."""
+    from planck.eval.errors import EvalError
     from planck.schemas.manifest import ManifestError
     from planck.schemas.tokenizer import TokenizerUnavailable
     from planck.serve.errors import CheckpointError
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except (
         ManifestError, ShardError, TokenizerUnavailable, MixtureError, JobError, SourceError, ConfigError, TrainingError,
-        CheckpointError,
+        CheckpointError, EvalError,
     ) as exc:
         print(f"planck: error: {exc}", file=sys.stderr)
         return 1

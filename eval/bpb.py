@@ -1,0 +1,74 @@
+"""Bits per byte on a shard folder's held-out split, with the trainer's own windows, batches, loss and byte counts."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from planck.schemas.tokenizer import VOCAB_SIZE, tokenizer_fingerprint
+from planck.shards.folder import ShardFolder
+from planck.train.data import ShardWindows, eval_batches, target_bytes
+from planck.train.step import eval_step
+
+from .errors import EvalError
+
+SPLIT = "val"
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a folder without a manifest, of another tokenizer, or without a validation split (before the model loads)."""
+    sf = ShardFolder(Path(folder))  # ManifestError names a missing or bad manifest
+    if sf.manifest.tokenizer.get("fingerprint") != tokenizer_fingerprint().hex():
+        raise EvalError(f"{folder} was tokenized with another tokenizer than this planck's")
+    if not sf.entries(SPLIT):
+        raise EvalError(f"{folder}: no {SPLIT!r} split to evaluate on (tokenize it with --val-tokens / --val-rows)")
+
+
+def windows(folder: Path, seq_len: int) -> ShardWindows:
+    """The validation windows at the model's context length, as the trainer cuts them."""
+    try:
+        return ShardWindows(Path(folder), SPLIT, seq_len)
+    except ValueError as exc:  # e.g. a split shorter than one window
+        raise EvalError(str(exc)) from None
+
+
+def bits_per_byte(model, source: ShardWindows, batch_size: int, num_batches: int | None = None, progress=None) -> dict:
+    """Loss per trained token and bits per byte over the first `num_batches` batches (all by default).
+
+    The same computation as the trainer's `evaluate` (train/loop.py), with a progress bar and counts.
+    """
+    batch_size = max(1, min(batch_size, len(source)))  # a split smaller than one batch is still scored
+    available = len(source) // batch_size
+    num_batches = available if num_batches is None else min(num_batches, available)
+    if progress is not None:
+        progress.total = num_batches
+        progress.refresh()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    loss_sum = tokens = nbytes = 0.0
+    for batch in eval_batches(source, batch_size=batch_size, num_batches=num_batches):
+        arrays = {k: jax.device_put(jnp.asarray(v), device) for k, v in batch.items()}
+        ls, n = eval_step(model, arrays)
+        loss_sum += float(ls)
+        tokens += float(n)
+        nbytes += target_bytes(batch)
+        if progress is not None:
+            progress.update(1)
+    if tokens == 0:
+        raise EvalError(f"no trained tokens in the first {num_batches} batches of the {SPLIT!r} split")
+    return {
+        "val_loss": loss_sum / tokens,
+        "val_bpb": loss_sum / (math.log(2) * max(nbytes, 1.0)),
+        "tokens": int(tokens),
+        "bytes": int(nbytes),
+        "windows": num_batches * batch_size,
+        "batches": num_batches,
+        "batch_size": batch_size,
+    }
+
+
+def uniform_baseline(tokens: float, nbytes: float) -> tuple[float, float]:
+    """(loss, bits per byte) of a model that knows nothing: every one of the tokenizer's ids equally likely."""
+    return math.log(VOCAB_SIZE), tokens * math.log2(VOCAB_SIZE) / max(nbytes, 1.0)
