@@ -55,7 +55,7 @@ shards: install tokenizer-cache
 
 demo-shards: install tokenizer-cache
 	$(PLANCK) tokenize pretrain --source embedded --out $(SHARDS)/demo/pretrain --max-tokens 400k --val-tokens 40k --shard-tokens 200k --workers $(WORKERS)
-	$(PLANCK) tokenize chat --mixture demo --out $(SHARDS)/demo/sft --val-rows 2 --workers 1
+	$(PLANCK) tokenize chat --mixture demo --out $(SHARDS)/demo/sft --val-rows 40 --workers 1
 	$(PLANCK) shards verify $(SHARDS)/demo/pretrain $(SHARDS)/demo/sft
 	$(PLANCK) shards stats $(SHARDS)/demo/pretrain
 

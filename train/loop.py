@@ -288,6 +288,7 @@ def train(
                 "phase": phase, "step": step, "model": cfg.to_dict()["model"], "parameters": n_params,
                 "tokenizer": {"name": TOKENIZER_NAME, "fingerprint": tokenizer_fingerprint().hex()},
                 "chat": folder.manifest.kind == "chat" or (init_from is not None and phase != "pretrain"),
+                "init_from": None if init_from is None else str(init_from),  # the report's "started from"
             },
         )
     finally:
