@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from measure import peak_memory
 from planck.serve.batcher import Batcher, SamplingParams, TextDelta
 from planck.serve.engine import Engine
 from planck.serve.weights import LoadedModel, load_model, serving_dtype
@@ -57,16 +55,6 @@ def bandwidth() -> tuple[float, str]:
         if name in kind:
             return bw, f"{kind} data sheet"
     return host_bandwidth(), "measured numpy copy"
-
-
-def peak_memory() -> dict[str, int]:
-    """Peak device bytes in use (where the backend reports it), the process's peak RSS, and the limits they meet."""
-    stats = jax.devices()[0].memory_stats() or {}
-    out = {k: stats[s] for k, s in (("peak_device_bytes", "peak_bytes_in_use"), ("device_limit_bytes", "bytes_limit")) if s in stats}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024
-    out["host_ram_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return out
 
 
 def random_model(preset: str, overrides: list[str], dtype: str | None) -> LoadedModel:

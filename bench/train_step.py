@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -22,21 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from measure import peak_memory
 from planck.train.config import load_config
 from planck.train.loop import peak_flops
 from planck.train.model import GPT, count_params, flops_per_token
 from planck.train.optim import make_optimizer
 from planck.train.step import train_step
-
-
-def peak_memory() -> dict[str, int]:
-    """Peak device bytes in use (where the backend reports it), the process's peak RSS, and the limits they meet."""
-    stats = jax.devices()[0].memory_stats() or {}
-    out = {k: stats[s] for k, s in (("peak_device_bytes", "peak_bytes_in_use"), ("device_limit_bytes", "bytes_limit")) if s in stats}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024
-    out["host_ram_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return out
 
 
 def main() -> None:

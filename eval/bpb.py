@@ -6,12 +6,11 @@ import math
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from planck.schemas.tokenizer import VOCAB_SIZE, tokenizer_fingerprint
 from planck.shards.folder import ShardFolder
-from planck.train.data import ShardWindows, eval_batches, target_bytes
-from planck.train.step import eval_step
+from planck.train.data import ShardWindows
+from planck.train.loop import evaluation_sums
 
 from .errors import EvalError
 
@@ -38,7 +37,7 @@ def windows(folder: Path, seq_len: int) -> ShardWindows:
 def bits_per_byte(model, source: ShardWindows, batch_size: int, num_batches: int | None = None, progress=None) -> dict:
     """Loss per trained token and bits per byte over the first `num_batches` batches (all by default).
 
-    The same computation as the trainer's `evaluate` (train/loop.py), with a progress bar and counts.
+    The trainer's own evaluation sums (train/loop.py), with a progress bar and counts.
     """
     batch_size = max(1, min(batch_size, len(source)))  # a split smaller than one batch is still scored
     available = len(source) // batch_size
@@ -47,15 +46,7 @@ def bits_per_byte(model, source: ShardWindows, batch_size: int, num_batches: int
         progress.total = num_batches
         progress.refresh()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    loss_sum = tokens = nbytes = 0.0
-    for batch in eval_batches(source, batch_size=batch_size, num_batches=num_batches):
-        arrays = {k: jax.device_put(jnp.asarray(v), device) for k, v in batch.items()}
-        ls, n = eval_step(model, arrays)
-        loss_sum += float(ls)
-        tokens += float(n)
-        nbytes += target_bytes(batch)
-        if progress is not None:
-            progress.update(1)
+    loss_sum, tokens, nbytes = evaluation_sums(model, source, batch_size, num_batches, device, progress)
     if tokens == 0:
         raise EvalError(f"no trained tokens in the first {num_batches} batches of the {SPLIT!r} split")
     return {

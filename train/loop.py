@@ -103,28 +103,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _plot(paths: RunPaths) -> None:
-    try:
-        import matplotlib
+    from .report import plot_loss
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # plotting is optional: pip install 'planckgpt[plot]'
     rows = [json.loads(x) for x in paths.metrics.read_text().splitlines() if x.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(paths.root.name)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(paths.plot, dpi=110)
-    plt.close(fig)
+    plot_loss(rows, paths.root.name, paths.plot)  # a no-op without matplotlib (pip install 'planckgpt[plot]')
 
 
 def _write_report(paths: RunPaths) -> None:
@@ -138,8 +120,9 @@ def _write_report(paths: RunPaths) -> None:
                     paths.root, exc, paths.root)
 
 
-def evaluate(model, source: ShardWindows, batch_size: int, num_batches: int, sharding) -> dict[str, float]:
-    """Validation loss (nats per trained token) and bits per byte over the first `num_batches` batches."""
+def evaluation_sums(model, source: ShardWindows, batch_size: int, num_batches: int, sharding,
+                    progress=None) -> tuple[float, float, float]:
+    """Summed loss (nats), trained tokens and their UTF-8 bytes over the first `num_batches` batches."""
     loss_sum = tokens = nbytes = 0.0
     for batch in eval_batches(source, batch_size=batch_size, num_batches=num_batches):
         arrays = {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
@@ -147,6 +130,14 @@ def evaluate(model, source: ShardWindows, batch_size: int, num_batches: int, sha
         loss_sum += float(ls)
         tokens += float(n)
         nbytes += target_bytes(batch)
+        if progress is not None:
+            progress.update(1)
+    return loss_sum, tokens, nbytes
+
+
+def evaluate(model, source: ShardWindows, batch_size: int, num_batches: int, sharding) -> dict[str, float]:
+    """Validation loss (nats per trained token) and bits per byte over the first `num_batches` batches."""
+    loss_sum, tokens, nbytes = evaluation_sums(model, source, batch_size, num_batches, sharding)
     if tokens == 0:
         return {}
     return {"val_loss": loss_sum / tokens, "val_bpb": loss_sum / (math.log(2) * max(nbytes, 1.0))}

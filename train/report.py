@@ -379,6 +379,28 @@ def _pyplot():
     return plt
 
 
+def plot_loss(rows: list[dict], title: str, path: Path) -> bool:
+    """Train and validation loss against step as a PNG (the training loop redraws it at every log); False without matplotlib."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+    val = [(r["step"], r["val_loss"]) for r in rows if isinstance(r.get("val_loss"), (int, float))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_plots(run: RunFiles) -> tuple[list[str], str | None]:
     """Write lr.png (and loss.png when the loop's is missing); returns (file names present, a note when skipped)."""
     have = []
@@ -390,20 +412,7 @@ def write_plots(run: RunFiles) -> tuple[list[str], str | None]:
     if plt is None and (lr or need_loss):
         note = "plots skipped: matplotlib is not installed (`pip install 'planckgpt[plot]'`)"
     if plt is not None and need_loss:
-        train = [(r["step"], r["loss"]) for r in run.rows if isinstance(r.get("loss"), (int, float))]
-        val = [(r["step"], r["val_loss"]) for r in run.rows if isinstance(r.get("val_loss"), (int, float))]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if train:
-            ax.plot(*zip(*train), label="train loss", lw=1)
-        if val:
-            ax.plot(*zip(*val), "o-", label="val loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(run.name)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run.root / LOSS_PLOT, dpi=110)
-        plt.close(fig)
+        plot_loss(run.rows, run.name, run.root / LOSS_PLOT)
     if plt is not None and lr:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot(*zip(*lr), label="Muon LR (block matrices)", lw=1.5)

@@ -1,0 +1,19 @@
+"""Shared by the benchmarks: peak memory of the process and of the device."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+import jax
+
+
+def peak_memory() -> dict[str, int]:
+    """Peak device bytes in use (where the backend reports it), the process's peak RSS, and the limits they meet."""
+    stats = jax.devices()[0].memory_stats() or {}
+    out = {k: stats[s] for k, s in (("peak_device_bytes", "peak_bytes_in_use"), ("device_limit_bytes", "bytes_limit")) if s in stats}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out["peak_rss_bytes"] = rss if sys.platform == "darwin" else rss * 1024
+    out["host_ram_bytes"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return out
