@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,chat,serve,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,report,chat,serve,eval}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
     train_cli.register(sub)
