@@ -25,7 +25,7 @@ from flax import nnx
 
 from measure import peak_memory
 from planck.serve.batcher import Batcher, SamplingParams, TextDelta
-from planck.serve.engine import Engine
+from planck.serve.engine import Engine, SlotSampling
 from planck.serve.weights import LoadedModel, load_model, serving_dtype
 from planck.train.config import load_config
 from planck.train.model import GPT
@@ -105,8 +105,6 @@ def main() -> None:
     gen = engine.context - prompt_len  # until the context is full (random weights rarely stop earlier)
 
     # Prefill alone: the compiled call on a full bucket, synchronised.
-    from planck.serve.engine import SlotSampling
-
     sampling = SlotSampling.zeros(engine.slots)
     prefill_s = min(_timed(lambda: engine.prefill(0, prompt, sampling)[0].block_until_ready()) for _ in range(args.repeats))
 

@@ -115,7 +115,6 @@ class Batcher:
         self._wake = threading.Condition()
         self._closed = False
         self._ids = itertools.count(1)
-        self.steps = 0
         self._thread = threading.Thread(target=self._run, name="planck-engine", daemon=True)
         self._thread.start()
 
@@ -234,7 +233,6 @@ class Batcher:
     def _step(self) -> None:
         tokens, _ = self.engine.decode(self._next_tokens, self._positions, self._sampling)
         tokens = np.asarray(tokens)
-        self.steps += 1
         for slot, gen in enumerate(self._slots):
             if gen is not None:
                 self._positions[slot] += 1
