@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from measure import peak_memory
+
+from planck.model.gpt import GPT
+from planck.model.weights import LoadedModel
 from planck.serve.batcher import Batcher, SamplingParams, TextDelta
 from planck.serve.engine import Engine, SlotSampling
-from planck.serve.weights import LoadedModel, load_model, serving_dtype
+from planck.serve.weights import load_for_serving, serving_dtype
 from planck.train.config import load_config
-from planck.train.model import GPT
 
 # HBM bandwidth in bytes/s of the GPUs we know (data sheets).
 GPU_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "RTX 4090": 1.01e12}
@@ -58,7 +59,7 @@ def bandwidth() -> tuple[float, str]:
 
 
 def random_model(preset: str, overrides: list[str], dtype: str | None) -> LoadedModel:
-    """The preset's model in the serving dtype, with its parameters stored in it, as load_model does."""
+    """The preset's model in the serving dtype, with its parameters stored in it, as load_for_serving does."""
     cfg = load_config(preset, "sft", overrides).model
     cfg.compute_dtype = serving_dtype(cfg.compute_dtype, dtype)
     model = GPT(cfg, rngs=nnx.Rngs(0))
@@ -91,7 +92,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default=None, help="serving dtype (default: float32 on CPU, the model's on GPU)")
     args = ap.parse_args()
-    loaded = load_model(args.checkpoint, args.dtype) if args.checkpoint else random_model(args.config, args.overrides, args.dtype)
+    loaded = load_for_serving(args.checkpoint, args.dtype) if args.checkpoint else random_model(args.config, args.overrides, args.dtype)
     cfg = loaded.config
     # One slot, as `planck chat` runs, for the single-user figures; --concurrent slots as `planck serve` runs.
     engine = Engine(loaded, slots=1)

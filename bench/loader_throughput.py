@@ -27,7 +27,8 @@ import numpy as np
 
 from planck.cli import main as planck
 from planck.shards.folder import ShardFolder
-from planck.train.data import ShardWindows, make_batches
+from planck.shards.windows import ShardWindows
+from planck.train.data import make_batches
 
 SHAPES = ((4, 1024), (8, 64))
 TRAINER = ("make_batches, workers=0", 64)  # the trainer's loader (loader_workers = 0) at the tiny preset's seq_len

@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_step.py --config tiny [--steps 20] [--set key=value ...]
 
 Random tokens (speed does not depend on them), the real compiled step (grad accumulation
-scan, Muon + Adam). MFU is printed when the device's peak is known (GPUs in train/loop.py).
+scan, Muon + Adam). MFU is printed when the device's peak is known (GPUs in train/devices.py).
 Writes bench/results/train_step_<config>.json, with the peak memory (device on GPU, process RSS always).
 """
 
@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
 from measure import peak_memory
+
+from planck.model.gpt import GPT, count_params, flops_per_token
 from planck.train.config import load_config
-from planck.train.loop import peak_flops
-from planck.train.model import GPT, count_params, flops_per_token
+from planck.train.devices import peak_flops
 from planck.train.optim import make_optimizer
 from planck.train.step import train_step
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import jax
 
-from planck.schemas.tokenizer import VOCAB_SIZE, tokenizer_fingerprint
+from planck.model.loss import evaluate
+from planck.schemas.tokenizer import VOCAB_SIZE
 from planck.shards.folder import ShardFolder
-from planck.train.data import ShardWindows
-from planck.train.loop import evaluation_sums
+from planck.shards.windows import ShardWindows, eval_batches, target_bytes
 
 from .errors import EvalError
 
@@ -20,8 +20,7 @@ SPLIT = "val"
 def check_folder(folder: Path) -> None:
     """Refuse a folder without a manifest, of another tokenizer, or without a validation split (before the model loads)."""
     sf = ShardFolder(Path(folder))  # ManifestError names a missing or bad manifest
-    if sf.manifest.tokenizer.get("fingerprint") != tokenizer_fingerprint().hex():
-        raise EvalError(f"{folder} was tokenized with another tokenizer than this planck's")
+    sf.check_tokenizer()
     if not sf.entries(SPLIT):
         raise EvalError(f"{folder}: no {SPLIT!r} split to evaluate on (tokenize it with --val-tokens / --val-rows)")
 
@@ -37,7 +36,7 @@ def windows(folder: Path, seq_len: int) -> ShardWindows:
 def bits_per_byte(model, source: ShardWindows, batch_size: int, num_batches: int | None = None, progress=None) -> dict:
     """Loss per trained token and bits per byte over the first `num_batches` batches (all by default).
 
-    The trainer's own evaluation sums (train/loop.py), with a progress bar and counts.
+    The trainer's own evaluation (planck.model.loss.evaluate), with a progress bar and counts.
     """
     batch_size = max(1, min(batch_size, len(source)))  # a split smaller than one batch is still scored
     available = len(source) // batch_size
@@ -46,18 +45,11 @@ def bits_per_byte(model, source: ShardWindows, batch_size: int, num_batches: int
         progress.total = num_batches
         progress.refresh()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    loss_sum, tokens, nbytes = evaluation_sums(model, source, batch_size, num_batches, device, progress)
-    if tokens == 0:
+    scores = evaluate(model, eval_batches(source, batch_size=batch_size, num_batches=num_batches), device,
+                      target_bytes, progress)
+    if not scores:
         raise EvalError(f"no trained tokens in the first {num_batches} batches of the {SPLIT!r} split")
-    return {
-        "val_loss": loss_sum / tokens,
-        "val_bpb": loss_sum / (math.log(2) * max(nbytes, 1.0)),
-        "tokens": int(tokens),
-        "bytes": int(nbytes),
-        "windows": num_batches * batch_size,
-        "batches": num_batches,
-        "batch_size": batch_size,
-    }
+    return {**scores, "windows": num_batches * batch_size, "batches": num_batches, "batch_size": batch_size}
 
 
 def uniform_baseline(tokens: float, nbytes: float) -> tuple[float, float]:

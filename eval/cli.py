@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASK_NAMES = ("bpb", "arc_easy", "arc_challenge", "mmlu", "gsm8k", "sample")  # tasks.TASKS, without importing it
+from .tasks import TASKS  # the registry; it imports its tasks' code only when one runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--checkpoint", type=Path, required=True,
                    help="a run folder (its final/ is used; results go to RUN/eval.json), a final/ folder, or a .npz from `planck export`")
     e.add_argument("--tasks", default=None, metavar="TASK[,TASK...]",
-                   help=f"comma-separated, from {', '.join(TASK_NAMES)} (default: all; bpb only when --data is given)")
+                   help=f"comma-separated, from {', '.join(TASKS)} (default: all; bpb only when --data is given)")
     e.add_argument("--limit", type=int, default=None, metavar="N",
                    help="score only the first N valid rows of each task (first N prompts of sample; N batches of bpb)")
     e.add_argument("--json", action="store_true", help="print one JSON object of the results instead of the table")
@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
     import sys
 
     from .errors import EvalError
-    from .tasks import TASKS, Settings, parse_source_paths, parse_tasks
+    from .tasks import Settings, parse_source_paths, parse_tasks
 
     names = parse_tasks(args.tasks, args.data is not None)
     sources = parse_source_paths(args.source_path)
@@ -63,7 +63,8 @@ def _eval(args: argparse.Namespace) -> int:
     settings = Settings(limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         seed=args.seed, data=args.data, source_paths=sources)
 
-    from planck.serve.weights import load_model, resolve
+    from planck.model.weights import resolve
+    from planck.serve.weights import load_for_serving
 
     from .report import eval_json_path, format_table, jsonable, merge_eval_json
     from .tasks import Context, run_task
@@ -71,7 +72,7 @@ def _eval(args: argparse.Namespace) -> int:
     resolve(args.checkpoint)  # a wrong path fails before any rows are read
     # Every task's rows and files first: a bad file or an unreachable hub fails before the model loads.
     prepared = {name: TASKS[name].prepare(name, settings) for name in names}
-    loaded = load_model(args.checkpoint)
+    loaded = load_for_serving(args.checkpoint)
     model_info = {"name": loaded.name, "phase": loaded.meta.get("phase"), "step": loaded.meta.get("step"),
                   "chat": loaded.is_chat, "dtype": loaded.config.compute_dtype}
     out_path = eval_json_path(args.checkpoint)

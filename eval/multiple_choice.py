@@ -21,7 +21,7 @@ from planck.schemas import rows
 from planck.schemas.chat_template import encode_text, multiple_choice_prompt, render_prompt
 from planck.schemas.rows import LETTERS, Message, MultipleChoice
 from planck.schemas.tokenizer import ENDOFTEXT_ID
-from planck.serve.engine import prompt_buckets
+from planck.serve.engine import bucket_length, prompt_buckets
 
 # A base model has no chat turn to answer in: the question, then this cue, and the letter follows.
 BASE_CUE = "\n\nAnswer:"
@@ -73,7 +73,7 @@ class LetterScorer:
 
     def bucket(self, n: int) -> int:
         """The padded length of a prompt of n tokens."""
-        return next(size for size in self.buckets if n <= size)
+        return bucket_length(n, self.buckets)
 
     def __call__(self, prompts: Sequence[Sequence[int]], letters: np.ndarray, progress=None) -> np.ndarray:
         """Logits (N, len(letters)) of the letters after each prompt (each at most the context long)."""

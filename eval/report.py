@@ -8,9 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from planck.shards.atomic import atomic_write_text
-
-EVAL_JSON = "eval.json"
+from planck.schemas.atomic import atomic_write_text
+from planck.schemas.run_folder import RunFolder
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -47,10 +46,8 @@ def format_table(summaries: dict[str, dict]) -> str:
 
 def eval_json_path(checkpoint: Path) -> Path | None:
     """RUN/eval.json when `checkpoint` is a run folder (it holds final/), else None: results belong to a run."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir() and (checkpoint / "final" / "model.json").is_file():
-        return checkpoint / EVAL_JSON
-    return None
+    run = RunFolder(Path(checkpoint))
+    return run.eval if run.root.is_dir() and run.is_finished() else None
 
 
 def merge_eval_json(path: Path, summaries: dict[str, dict], checkpoint: str, model: dict) -> dict:

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from planck.schemas.errors import PlanckError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "planck-shards-manifest"
 MANIFEST_VERSION = 1
@@ -13,7 +15,7 @@ SPLITS = ("train", "val")
 KINDS = ("pretrain", "chat")
 
 
-class ManifestError(ValueError):
+class ManifestError(PlanckError, ValueError):
     """The manifest is missing, malformed, or from a newer planck."""
 
 

@@ -7,6 +7,8 @@ import hashlib
 
 import tiktoken
 
+from planck.schemas.errors import PlanckError
+
 # GPT-2's ranks; tiktoken calls them r50k_base (`get_encoding("gpt2")` is the same table
 # loaded from another file format). <|endoftext|> = 50256 separates documents.
 BASE_ENCODING = "r50k_base"
@@ -29,7 +31,7 @@ PADDED_VOCAB_SIZE = -(-VOCAB_SIZE // PAD_MULTIPLE) * PAD_MULTIPLE  # 50304: the 
 TOKENIZER_NAME = "gpt2+planck-chat-v1"
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(PlanckError, RuntimeError):
     """GPT-2's rank file could neither be downloaded nor found in tiktoken's cache."""
 
 
@@ -63,15 +65,6 @@ def tokenizer_fingerprint() -> bytes:
     for name, idx in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
         h.update(idx.to_bytes(4, "little") + name.encode())
     return h.digest()[:8]
-
-
-def check_vocab() -> None:
-    """Assert the loaded tables agree with the fixed ids this module promises."""
-    enc = get_tokenizer()
-    if enc.n_vocab != VOCAB_SIZE or enc.eot_token != ENDOFTEXT_ID:
-        raise TokenizerUnavailable(
-            f"unexpected GPT-2 table: {enc.n_vocab} tokens, <|endoftext|>={enc.eot_token}"
-        )
 
 
 @functools.lru_cache(maxsize=1)

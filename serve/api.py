@@ -27,11 +27,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message as ASGIMessage, Receive, Scope, Send
 
+from planck.model.weights import LoadedModel
 from planck.schemas.rows import Message
 
 from .batcher import DEFAULT_MAX_TOKENS, Batcher, Finished, SamplingParams, TextDelta
 from .prompt import PromptError, chat_prompt, check_messages, completion_prompt
-from .weights import LoadedModel
 
 log = logging.getLogger(__name__)
 

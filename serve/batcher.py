@@ -14,7 +14,6 @@ import logging
 import queue
 import secrets
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator, Sequence
@@ -290,14 +289,3 @@ class Batcher:
                 self._finish(gen, "error" if error else "cancelled", error)
         for gen in waiting:
             self._finish(gen, "error" if error else "cancelled", error)
-
-
-def wait_idle(batcher: Batcher, timeout: float = 10.0) -> bool:
-    """True once no slot is busy and nothing waits (tests and benchmarks)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        load = batcher.load()
-        if not load["busy"] and not load["waiting"]:
-            return True
-        time.sleep(0.01)
-    return False

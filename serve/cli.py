@@ -54,9 +54,9 @@ def _start(args: argparse.Namespace):
     """Load the checkpoint and start the engine thread (the slow part: a few seconds of compilation)."""
     from .batcher import Batcher
     from .engine import Engine
-    from .weights import load_model
+    from .weights import load_for_serving
 
-    loaded = load_model(args.checkpoint, dtype=args.dtype)
+    loaded = load_for_serving(args.checkpoint, dtype=args.dtype)
     engine = Engine(loaded, slots=args.slots)
     if not args.no_warm_up:
         engine.warm_up()

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from planck.train.model import LayerCache
+from planck.model.gpt import LayerCache
+from planck.model.weights import LoadedModel
 
 from .sampling import sample_tokens
-from .weights import LoadedModel
 
 SMALLEST_BUCKET = 32
 
@@ -38,6 +38,14 @@ def prompt_buckets(context: int) -> tuple[int, ...]:
         sizes.append(n)
         n *= 2
     return (*sizes, context)
+
+
+def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
+    """The smallest of `buckets` that holds n tokens (ValueError when none does)."""
+    for size in buckets:
+        if n <= size:
+            return size
+    raise ValueError(f"a prompt of {n} tokens does not fit the context of {buckets[-1]}")
 
 
 @dataclass
@@ -111,10 +119,7 @@ class Engine:
 
     def bucket(self, n: int) -> int:
         """The padded length a prompt of n tokens is prefilled at."""
-        for size in self.buckets:
-            if n <= size:
-                return size
-        raise ValueError(f"a prompt of {n} tokens does not fit the context of {self.context}")
+        return bucket_length(n, self.buckets)
 
     def prefill(self, slot: int, prompt_ids: list[int], sampling: SlotSampling) -> tuple[jax.Array, jax.Array]:
         """Write the prompt into `slot`'s cache rows; returns (first sampled token, logits at the last prompt position)."""

@@ -12,12 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from planck.model.weights import LoadedModel
 from planck.schemas.chat_template import render_conversation
 from planck.schemas.rows import Message
 
 from .batcher import Batcher, Finished, SamplingParams, TextDelta
 from .prompt import PromptError, chat_prompt, completion_prompt
-from .weights import LoadedModel
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 HINT = "/help for commands, Ctrl-C stops a reply, Ctrl-D or /quit leaves"

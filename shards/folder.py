@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from planck.schemas.atomic import atomic_write_text
 from planck.schemas.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 
-from .atomic import atomic_write_text
 from .reader import Shard, ShardError, open_shard
 
 
@@ -35,6 +35,13 @@ class ShardFolder:
         self.manifest = read_manifest(self.folder)
         self.fingerprint = bytes.fromhex(self.manifest.tokenizer["fingerprint"])
         self.verify = verify
+
+    def check_tokenizer(self) -> None:
+        """Refuse a folder made with another tokenizer than this install's: its ids would mean other text."""
+        from planck.schemas.tokenizer import tokenizer_fingerprint
+
+        if self.manifest.tokenizer.get("fingerprint") != tokenizer_fingerprint().hex():
+            raise ManifestError(f"{self.folder} was tokenized with another tokenizer than this planck's")
 
     @property
     def source_names(self) -> list[str]:

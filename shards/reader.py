@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from planck.schemas.errors import PlanckError
 from planck.schemas.shard_header import CHECKSUM_SIZE, HEADER_SIZE, HeaderError, ShardHeader, layout
 
 _CHUNK = 8 << 20
 
 
-class ShardError(ValueError):
+class ShardError(PlanckError, ValueError):
     """A shard that must not be read; the message starts with its path and says why."""
 
     def __init__(self, path: Path, reason: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from planck.schemas.atomic import fsync_dir
 from planck.schemas.shard_header import (
     ALIGN,
     CHECKSUM_SIZE,
@@ -20,8 +21,6 @@ from planck.schemas.shard_header import (
     ShardHeader,
     layout,
 )
-
-from .atomic import fsync_dir
 
 _FLUSH_BYTES = 8 << 20  # buffer this much before writing: few syscalls, bounded memory
 MAX_TOKEN_ID = np.iinfo(np.uint16).max

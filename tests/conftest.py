@@ -195,10 +195,10 @@ def write_checkpoint(run_dir: Path, chat: bool, seed: int = 0) -> Path:
     import numpy as np
     from flax import nnx
 
+    from planck.model.config import ModelConfig
+    from planck.model.gpt import GPT
+    from planck.model.weights import save_final
     from planck.schemas.tokenizer import TOKENIZER_NAME, tokenizer_fingerprint
-    from planck.train.checkpoint import save_final
-    from planck.train.config import ModelConfig
-    from planck.train.model import GPT
 
     cfg = ModelConfig(**SERVE_MODEL)
     model = GPT(cfg, rngs=nnx.Rngs(seed))
@@ -213,7 +213,7 @@ def write_checkpoint(run_dir: Path, chat: bool, seed: int = 0) -> Path:
         "tokenizer": {"name": TOKENIZER_NAME, "fingerprint": tokenizer_fingerprint().hex()},
         "chat": chat,
     }
-    save_final(run_dir / "final", True, model, meta)
+    save_final(run_dir / "final", model, meta)
     return run_dir
 
 

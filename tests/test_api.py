@@ -305,7 +305,7 @@ def base_server(base_checkpoint):
     from planck.serve.api import create_app
     from planck.serve.batcher import Batcher
     from planck.serve.engine import Engine
-    from planck.serve.weights import load_model
+    from planck.serve.weights import load_for_serving as load_model
 
     loaded = load_model(base_checkpoint)
     assert not loaded.is_chat

@@ -15,14 +15,8 @@ from planck.schemas.chat_template import (
     to_conversation,
 )
 from planck.schemas.rows import Message, RowError
-from planck.schemas.tokenizer import (
-    CHAT_TOKENS,
-    ENDOFTEXT_ID,
-    PADDED_VOCAB_SIZE,
-    VOCAB_SIZE,
-    check_vocab,
-    get_tokenizer,
-)
+from planck.schemas.tokenizer import CHAT_TOKENS, ENDOFTEXT_ID, PADDED_VOCAB_SIZE, VOCAB_SIZE, get_tokenizer
+from planck_testing import check_vocab
 
 SYS_S, SYS_E, USR_S, USR_E, AST_S, AST_E = range(50257, 50263)
 

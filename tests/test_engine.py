@@ -13,14 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from planck.model.weights import CheckpointError
 from planck.schemas.rows import Message
 from planck.schemas.tokenizer import CHAT_TOKENS, ENDOFTEXT_ID, VOCAB_SIZE, get_tokenizer
-from planck.serve.batcher import Batcher, Finished, SamplingParams, TextDelta, wait_idle
+from planck.serve.batcher import Batcher, Finished, SamplingParams, TextDelta
 from planck.serve.engine import Engine, SlotSampling, prompt_buckets
 from planck.serve.prompt import PromptError, chat_prompt, completion_prompt
 from planck.serve.sampling import sample_tokens
 from planck.serve.text_stream import TextStream
-from planck.serve.weights import CheckpointError, load_model, serving_dtype
+from planck.serve.weights import load_for_serving as load_model, serving_dtype
+from planck_testing import wait_idle
 
 REPO = Path(__file__).resolve().parents[1]
 SLOTS = 3

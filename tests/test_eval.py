@@ -62,20 +62,20 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def chat_model(chat_checkpoint):
-    from planck.serve.weights import load_model
+    from planck.serve.weights import load_for_serving as load_model
 
     return load_model(chat_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def base_model(base_checkpoint):
-    from planck.serve.weights import load_model
+    from planck.serve.weights import load_for_serving as load_model
 
     return load_model(base_checkpoint)
 
 
 def _rows(task: str, path: Path, limit=None):
-    from planck.eval.tasks import Settings, TASKS
+    from planck.eval.tasks import TASKS, Settings
 
     return TASKS[task].prepare(task, Settings(limit=limit, source_paths={task: str(path)}))
 
@@ -152,7 +152,7 @@ def test_batched_and_padded_scoring_equals_one_prompt_at_a_time(files, chat_mode
 def test_scoring_takes_the_best_valid_letter_and_reports_the_random_baseline(files, monkeypatch):
     """Steered logits: 'D' is highest everywhere, 'B' next. 4-choice rows answer D, 3-choice rows (no D) answer B."""
     from planck.eval import multiple_choice as mc
-    from planck.eval.tasks import Context, Settings, TASKS
+    from planck.eval.tasks import TASKS, Context, Settings
 
     seen = {}
 
@@ -237,7 +237,7 @@ class FakeBatcher:
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_gsm8k_scores_the_final_number_of_each_generation(chat, files):
-    from planck.eval.tasks import Context, Settings, TASKS
+    from planck.eval.tasks import TASKS, Context, Settings
 
     prepared = _rows("gsm8k", files["gsm8k"])
     assert len(prepared[0]) == 3 and prepared[1] == Counter({"no_final_number": 1})
@@ -282,13 +282,14 @@ def test_bpb_equals_the_trainers_evaluate(val_shards, base_model):
     import jax
 
     from planck.eval import bpb
-    from planck.train.data import ShardWindows
-    from planck.train.loop import evaluate
+    from planck.model.loss import evaluate
+    from planck.shards.windows import ShardWindows, eval_batches, target_bytes
 
     source = ShardWindows(val_shards, "val", base_model.config.seq_len)
     assert len(source) >= 8
     got = bpb.bits_per_byte(base_model.model, source, batch_size=4, num_batches=2)
-    want = evaluate(base_model.model, source, 4, 2, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    want = evaluate(base_model.model, eval_batches(source, batch_size=4, num_batches=2),
+                    jax.sharding.SingleDeviceSharding(jax.devices()[0]), target_bytes)
     assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-6)
     assert got["val_bpb"] == pytest.approx(want["val_bpb"], rel=1e-6)
     assert math.isfinite(got["val_bpb"]) and got["val_bpb"] > 0 and got["val_loss"] > 0
@@ -300,7 +301,7 @@ def test_bpb_equals_the_trainers_evaluate(val_shards, base_model):
 
 
 def test_bpb_task_reports_the_uniform_baseline(val_shards, base_model):
-    from planck.eval.tasks import Context, Settings, TASKS, run_task
+    from planck.eval.tasks import TASKS, Context, Settings, run_task
 
     settings = Settings(data=val_shards, limit=1, batch_size=2, show_progress=False)
     result = run_task("bpb", TASKS["bpb"].prepare("bpb", settings), Context(base_model, settings))

@@ -1,4 +1,4 @@
-"""The training loader (train/data.py): windows and masks, packing, shuffling, exact resume, host sharding, pickling."""
+"""The training loader (shards/windows.py, train/data.py): windows and masks, packing, shuffling, exact resume, host sharding, pickling."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from planck.cli import main
 from planck.schemas.chat_template import TRAINED_ROLE_TABLE, Role
 from planck.schemas.tokenizer import CHAT_TOKENS, ENDOFTEXT_ID, get_tokenizer
 from planck.shards.folder import ShardFolder
-from planck.train.data import ShardWindows, eval_batches, make_batches, pack_conversations, target_bytes
+from planck.shards.windows import ShardWindows, eval_batches, pack_conversations, target_bytes
+from planck.train.data import make_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -329,7 +330,7 @@ def test_loader_never_imports_jax(pretrain_dir):
     # grain itself imports JAX when it is installed; with JAX unavailable the loader still works.
     code = (
         "import sys; sys.modules['jax'] = None\n"
-        "from planck.train.data import ShardWindows, make_batches\n"
+        "from planck.shards.windows import ShardWindows\nfrom planck.train.data import make_batches\n"
         f"src = ShardWindows({str(pretrain_dir)!r}, 'train', 64)\n"
         "it = iter(make_batches(src, batch_size=4, seed=0))\n"
         "b = [next(it) for _ in range(3)]\n"

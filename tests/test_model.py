@@ -1,4 +1,4 @@
-"""The GPT (train/model.py) on the tiny config, on CPU: shapes, parameter count, init, causality, masking, learning."""
+"""The GPT (model/gpt.py) on the tiny config, on CPU: shapes, parameter count, init, causality, masking, learning."""
 
 from __future__ import annotations
 
@@ -12,18 +12,10 @@ import optax
 import pytest
 from flax import nnx
 
+from planck.model.gpt import GPT, count_params, flops_per_token, param_count_formula, rms_norm, rope
+from planck.model.loss import token_loss_sum
 from planck.train.config import load_config
-from planck.train.model import (
-    GPT,
-    count_params,
-    flops_per_token,
-    loss_fn,
-    param_count_formula,
-    rms_norm,
-    rope,
-    token_loss_sum,
-)
-
+from planck_testing import loss_fn
 
 # Compiled once per config and shape: op-by-op (eager) execution of the model costs seconds on a small CPU.
 forward = nnx.jit(lambda model, tokens_BxT: model(tokens_BxT))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from planck.cli import main
-from planck.train.report import fmt_int, fmt_sig
+from planck.report.markdown import fmt_int, fmt_sig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,9 +95,10 @@ def test_eval_json_scores_and_samples_appear(trained, tmp_path):
     run = copy_run(trained[0], tmp_path / "evaluated")
     (run / "eval.json").write_text(json.dumps({
         "tasks": {
-            # A plain shape, with a key nobody knows yet ...
-            "arc_easy": {"accuracy": 0.31, "baseline": 0.25, "n": 100, "seconds": 12.5, "future_key": "text"},
-            # ... and the shape `planck eval` writes: metric + value, extras, a second score with its own baseline.
+            # The shape `planck eval` writes: metric + value, extras (one a key nobody knows yet), skips, a second
+            # score with its own baseline, samples.
+            "arc_easy": {"metric": "accuracy", "value": 0.31, "baseline": 0.25, "n": 100, "seconds": 12.5,
+                         "skipped": {}, "future_key": "text"},
             "mmlu": {"metric": "accuracy", "value": 0.2876, "baseline": 0.25, "n": 80, "correct": 23,
                      "skipped": {"too_long": 3}, "source": "local: x.jsonl"},
             "bpb": {"metric": "bpb", "value": 2.6145, "baseline": 15.6, "n": 40, "val_loss": 7.1, "val_loss_baseline": 10.8},
@@ -127,7 +128,7 @@ def test_comparison_of_two_runs(trained, tmp_path):
     config = json.loads((second / "config.json").read_text())
     config["phase"] = "midtrain"
     (second / "config.json").write_text(json.dumps(config))
-    (second / "eval.json").write_text(json.dumps({"tasks": {"mmlu": {"accuracy": 0.4, "baseline": 0.25, "n": 50}}}))
+    (second / "eval.json").write_text(json.dumps({"tasks": {"mmlu": {"metric": "accuracy", "value": 0.4, "baseline": 0.25, "n": 50}}}))
     out = tmp_path / "cmp.md"
     assert main(["report", str(first), str(second), "--out", str(out)]) == 0
     text = out.read_text()
@@ -174,16 +175,17 @@ def test_a_run_whose_data_folder_is_gone_still_gets_a_report(trained, shards, tm
 
 def test_a_failing_report_does_not_fail_the_run(trained, tmp_path, monkeypatch, caplog):
     """The loop's end-of-run report call logs a warning instead of raising, whatever goes wrong."""
-    from planck.train import report
-    from planck.train.loop import RunPaths, _write_report
+    from planck.report import card as report
+    from planck.schemas.run_folder import RunFolder
+    from planck.train.loop import write_report
 
     run = copy_run(trained[0], tmp_path / "damaged")
     (run / "report.md").unlink()
     (run / "config.json").write_text("{not json")
     with caplog.at_level("WARNING", logger="planck.train"):
-        _write_report(RunPaths(run))  # a TrainingError inside: logged
+        write_report(RunFolder(run))  # a RunFolderError inside: logged
         monkeypatch.setattr(report, "write_report", lambda run_dir: 1 / 0)
-        _write_report(RunPaths(run))  # any other exception: logged too
+        write_report(RunFolder(run))  # any other exception: logged too
     messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(messages) == 2 and not (run / "report.md").exists()
     assert "config.json: cannot read the run configuration" in messages[0] and f"planck report {run}" in messages[0]

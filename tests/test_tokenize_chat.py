@@ -20,6 +20,7 @@ import pytest
 import tiktoken
 
 from planck.shards.folder import ShardFolder
+from planck_testing import bins, without_command
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = 50256
@@ -51,16 +52,6 @@ def gpt2() -> tiktoken.Encoding:
 
 def manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
-
-
-def bins(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.bin"))}
-
-
-def without_command(m: dict) -> dict:
-    m = json.loads(json.dumps(m))
-    m["made_by"].pop("command")
-    return m
 
 
 def chat_cmd(mixture, out, *extra) -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 import tiktoken
 
 from planck.shards.folder import ShardFolder
+from planck_testing import bins, without_command
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = 50256
@@ -87,16 +88,6 @@ def valid_texts(rows: list[dict]) -> list[str]:
 
 def pretrain_cmd(source, out, *extra) -> list[str]:
     return ["tokenize", "pretrain", "--source", str(source), "--out", str(out), "--quiet", *map(str, extra)]
-
-
-def bins(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.bin"))}
-
-
-def without_command(m: dict) -> dict:
-    m = json.loads(json.dumps(m))
-    m["made_by"].pop("command")
-    return m
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -95,8 +95,8 @@ def test_lr_schedule_is_stable_then_linear():
 def test_muon_takes_block_matrices_and_adam_the_embedding_and_head():
     from flax import nnx
 
+    from planck.model.gpt import GPT
     from planck.train.config import load_config
-    from planck.train.model import GPT
     from planck.train.optim import param_labels
 
     model = GPT(load_config("tiny").model, rngs=nnx.Rngs(0))
@@ -116,8 +116,8 @@ def test_gradient_accumulation_equals_the_whole_batch():
     import optax
     from flax import nnx
 
+    from planck.model.gpt import GPT
     from planck.train.config import load_config
-    from planck.train.model import GPT
     from planck.train.step import train_step
 
     cfg = load_config("tiny")

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from planck.schemas.atomic import atomic_write_text
 from planck.schemas.manifest import MANIFEST_NAME, Manifest, SourceEntry
 from planck.schemas.shard_header import FORMAT_VERSION
 from planck.schemas.tokenizer import VOCAB_SIZE, tokenizer_fingerprint
-from planck.shards.atomic import atomic_write_text
 from planck.shards.reader import ShardError, open_shard
 from planck.shards.writer import ShardWriter
 

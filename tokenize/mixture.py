@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planck.configs.shipped import shipped_file
+from planck.schemas.errors import PlanckError
 from planck.schemas.rows import CHAT_FORMATS
 
 from .sources import BUILTIN_PREFIX, SourceSpec
@@ -16,7 +17,7 @@ _TOP_KEYS = {"description", "seed", "source"}
 _SOURCE_KEYS = {"name", "hf", "config", "split", "path", "format", "max_rows", "repeats"}
 
 
-class MixtureError(ValueError):
+class MixtureError(PlanckError, ValueError):
     """A mixture file that cannot be used; the message names the file and the key."""
 
 

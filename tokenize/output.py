@@ -11,23 +11,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from planck.schemas.atomic import atomic_write_text
 from planck.schemas.chat_template import TRAINED_ROLES
+from planck.schemas.errors import PlanckError
 from planck.schemas.manifest import Manifest, ShardEntry, SourceEntry
 from planck.schemas.shard_header import FORMAT_VERSION
-from planck.schemas.tokenizer import (
-    PADDED_VOCAB_SIZE,
-    TOKENIZER_NAME,
-    VOCAB_SIZE,
-    get_tokenizer,
-    tokenizer_fingerprint,
-)
-from planck.shards.atomic import atomic_write_text
+from planck.schemas.tokenizer import PADDED_VOCAB_SIZE, TOKENIZER_NAME, VOCAB_SIZE, get_tokenizer, tokenizer_fingerprint
 from planck.shards.folder import read_manifest
 from planck.shards.reader import ShardError, read_header
 from planck.shards.writer import ShardWriter
 
 
-class JobError(RuntimeError):
+class JobError(PlanckError, RuntimeError):
     """The output folder holds something this job must not overwrite or cannot resume."""
 
 
@@ -51,7 +46,7 @@ def made_by(command: list[str]) -> dict[str, Any]:
     """Who made a shard folder: the command line and the versions that matter for its bytes."""
     from importlib.metadata import version
 
-    from planck.cli import version as planck_version
+    from planck.schemas.version import planck_version
 
     return {
         "command": command,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from planck.schemas.errors import PlanckError
 from planck.schemas.rows import CHAT_FORMATS, SCHEMAS, missing_columns
 
 from . import embedded
@@ -18,7 +19,7 @@ BUILTIN_PREFIX = "builtin:"
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 
 
-class SourceError(RuntimeError):
+class SourceError(PlanckError, RuntimeError):
     """A source that cannot be read at all; the message names the file or dataset."""
 
 

@@ -1,16 +1,16 @@
-"""Checkpoints with orbax: model, optimizer, loader position and step, saved asynchronously; the last N kept; `final/` weights for serving."""
+"""Checkpoints with orbax: model, optimizer, loader position and step, saved asynchronously; the last N kept."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import grain
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from planck.schemas.run_folder import RunFolder
 
 log = logging.getLogger("planck.train")
 
@@ -19,7 +19,7 @@ class Checkpoints:
     """runs/NAME/checkpoints/<step>/: a save interrupted by a crash stays a *.orbax-checkpoint-tmp folder that is never restored."""
 
     def __init__(self, run_dir: Path, keep: int):
-        self.dir = (Path(run_dir) / "checkpoints").absolute()
+        self.dir = RunFolder(Path(run_dir)).checkpoints.absolute()
         self.manager = ocp.CheckpointManager(
             self.dir,
             options=ocp.CheckpointManagerOptions(
@@ -68,36 +68,3 @@ class Checkpoints:
     def close(self) -> None:
         """Finish pending saves and release the manager."""
         self.manager.close()
-
-
-def save_final(folder: Path, is_main: bool, model, meta: dict[str, Any]) -> None:
-    """Inference weights plus `model.json` (model config, tokenizer fingerprint, phase, step): what serving loads."""
-    folder = Path(folder).absolute()
-    params = folder / "params"
-    if params.exists() and is_main:
-        import shutil
-
-        shutil.rmtree(params)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(params, nnx.state(model, nnx.Param))
-    ckptr.wait_until_finished()
-    if is_main:
-        (folder / "model.json").write_text(json.dumps(meta, indent=2))
-
-
-def load_final(folder: Path, model) -> dict[str, Any]:
-    """Load `final/` weights into an already-built model of the same config; returns model.json."""
-    folder = Path(folder).absolute()
-    meta = json.loads((folder / "model.json").read_text())
-    restored = ocp.StandardCheckpointer().restore(folder / "params", nnx.state(model, nnx.Param))
-    nnx.update(model, restored)
-    return meta
-
-
-def flat_params(model) -> dict[str, np.ndarray]:
-    """Parameters as {dotted.name: numpy array} (for `planck export`)."""
-    out = {}
-    for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name = ".".join(str(p) for p in path)
-        out[name] = np.asarray(value.value if hasattr(value, "value") else value)
-    return out

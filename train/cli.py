@@ -1,4 +1,4 @@
-"""`planck train pretrain|midtrain|sft`, `planck export` and `planck report`: argument parsing only; JAX is imported when a command runs."""
+"""`planck train pretrain|midtrain|sft` and `planck export`: argument parsing only; JAX is imported when a command runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ PHASE_HELP = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `train`, `export` and `report` commands."""
+    """Add the `train` and `export` commands."""
     p = sub.add_parser(
         "train",
         help="train a phase (pretrain, midtrain, sft)",
@@ -47,16 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True, help="the .npz file to write")
     e.set_defaults(handler=_export)
 
-    r = sub.add_parser(
-        "report",
-        help="write a run's report card (report.md); compare several runs side by side",
-        description="Rebuild runs/NAME/report.md (data, model, training figures, plots, evaluation) in each run folder. "
-        "With several runs, also write one table comparing them (default: report.md in their common parent folder).",
-    )
-    r.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a run folder (config.json inside), e.g. runs/pretrain")
-    r.add_argument("--out", type=Path, help="where to write the comparison (default: the runs' common parent/report.md)")
-    r.set_defaults(handler=_report)
-
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
@@ -67,6 +57,8 @@ def _train(args: argparse.Namespace) -> int:
         if jax.config.jax_platforms in (None, "", "cpu"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over gloo
         jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    from planck.schemas.run_folder import RunFolder
+
     from .loop import train
 
     cfg = load_config(args.config, args.phase, args.overrides)
@@ -75,44 +67,15 @@ def _train(args: argparse.Namespace) -> int:
     last = train(cfg, phase=args.phase, data=args.data, run_dir=args.run_dir, init_from=args.init_from,
                  show_progress=not args.quiet)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float) and k in ("loss", "val_loss", "val_bpb"))
-    report = args.run_dir / "report.md"
-    print(f"{args.run_dir}: done at step {last.get('step')}" + (f" ({summary})" if summary else "") + f"; weights in {args.run_dir / 'final'}"
-          + (f"; report in {report}" if report.exists() else ""))
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from .report import load_run, write_comparison, write_report
-
-    for run in args.runs:  # check every folder before writing anything
-        load_run(run)
-    for run in args.runs:
-        print(write_report(run))
-    if len(args.runs) > 1 or args.out is not None:
-        print(f"{write_comparison(args.runs, args.out)}: {len(args.runs)} runs side by side")
+    run = RunFolder(args.run_dir)
+    print(f"{args.run_dir}: done at step {last.get('step')}" + (f" ({summary})" if summary else "") + f"; weights in {run.final}"
+          + (f"; report in {run.report}" if run.report.exists() else ""))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    import json
+    from planck.model.weights import export_npz
 
-    import numpy as np
-    from flax import nnx
-
-    from planck.shards.atomic import atomic_write_bytes
-
-    from .checkpoint import flat_params, load_final
-    from .config import ModelConfig
-    from .model import GPT
-
-    meta = json.loads((args.run / "final" / "model.json").read_text())
-    model = GPT(ModelConfig(**meta["model"]), rngs=nnx.Rngs(0))
-    load_final(args.run / "final", model)
-    arrays = flat_params(model)
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, __model_json__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-    atomic_write_bytes(args.out, buf.getvalue())
-    print(f"{args.out}: {len(arrays)} arrays, {sum(a.size for a in arrays.values()):,} parameters")
+    n_arrays, n_params = export_npz(args.run, args.out)  # the same validated reader serving uses
+    print(f"{args.out}: {n_arrays} arrays, {n_params:,} parameters")
     return 0

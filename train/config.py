@@ -10,41 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from planck.configs.shipped import shipped_file
-from planck.schemas.tokenizer import PADDED_VOCAB_SIZE
+from planck.model.config import ConfigError, ModelConfig
+from planck.schemas.run_folder import flatten
 
 PHASES = ("pretrain", "midtrain", "sft")
-
-
-class ConfigError(ValueError):
-    """An unknown key, a wrong type or an invalid value; the message names the key."""
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = PADDED_VOCAB_SIZE  # 50,304: GPT-2 + chat tokens, padded to a multiple of 64
-    seq_len: int = 1024
-    n_layer: int = 12
-    d_model: int = 768
-    n_head: int = 6  # query heads
-    n_kv_head: int = 1  # one shared K/V head: multi-query attention
-    head_dim: int = 128
-    mlp_ratio: int = 4
-    rope_base: float = 10000.0
-    logit_softcap: float = 15.0
-    compute_dtype: str = "bfloat16"  # params stay float32; matmuls run in this dtype
-    remat: bool = False  # jax.checkpoint per block: less activation memory, ~30% more compute
-
-    def validate(self) -> None:
-        """Raise ConfigError on values the model cannot be built with."""
-        if self.n_head % self.n_kv_head:
-            raise ConfigError("model.n_head must be a multiple of model.n_kv_head")
-        if self.head_dim % 2:
-            raise ConfigError("model.head_dim must be even (RoPE rotates pairs)")
-        if self.compute_dtype not in ("bfloat16", "float32", "float16"):
-            raise ConfigError(f"model.compute_dtype {self.compute_dtype!r}: expected bfloat16, float32 or float16")
-        for name in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "mlp_ratio"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive")
 
 
 @dataclass
@@ -155,17 +124,6 @@ def _set(cfg: RunConfig, key: str, value: Any) -> None:
         raise ConfigError(f"unknown config key {key!r}" + (f"; known here: {known}" if known else ""))
     hints = typing.get_type_hints(type(target))
     setattr(target, name, _coerce(key, hints[name], value))
-
-
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted keys `--set` uses."""
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def preset_path(name: str) -> Path:

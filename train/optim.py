@@ -9,7 +9,7 @@ import optax
 
 from .config import OptimConfig
 
-ADAM_PARAMS = ("embed", "head")  # attribute names in train/model.py routed to Adam
+ADAM_PARAMS = ("embed", "head")  # attribute names in model/gpt.py routed to Adam
 
 
 def lr_schedule(peak: float, steps: int, stable_fraction: float, final_fraction: float) -> optax.Schedule:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .model import token_loss_sum
+from planck.model.loss import token_loss_sum
 
 
 def _loss_and_grads(graphdef, params, rest, micro_batches):
@@ -47,9 +47,3 @@ def train_step(model, optimizer, micro_batches):
 def optax_global_norm(tree) -> jax.Array:
     """The L2 norm over all leaves (before clipping), for the log."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
-
-
-@nnx.jit
-def eval_step(model, batch):
-    """Summed masked loss and token count of one batch (no gradients)."""
-    return token_loss_sum(model, batch)

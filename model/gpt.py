@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from planck.train.config import ModelConfig
+from planck.model.config import ModelConfig
 
 RMS_EPS = 1e-6
 
@@ -222,24 +222,6 @@ class GPT(nnx.Module):
         logits_BxTxV = self.head(rms_norm(x_BxTxD).astype(self.compute_dtype)).astype(jnp.float32)
         cap = jnp.float32(self.logit_softcap)
         return cap * jnp.tanh(logits_BxTxV / cap)
-
-
-def token_loss_sum(model: GPT, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Summed float32 cross-entropy over positions with mask == 1, and the number of such positions."""
-    logits_BxTxV = model(batch["inputs"])
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    nll_BxT = -jnp.take_along_axis(logp_BxTxV, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
-    mask_BxT = batch["mask"].astype(jnp.float32)
-    # `where`, not just a product: a masked position's target may be anything (even out of range,
-    # which gathers NaN), and must not reach the sum.
-    loss_sum = jnp.sum(jnp.where(mask_BxT > 0, nll_BxT * mask_BxT, 0.0))
-    return loss_sum, jnp.sum(mask_BxT)
-
-
-def loss_fn(model: GPT, batch: dict[str, jax.Array]) -> jax.Array:
-    """Mean cross-entropy over the masked positions (0 when none is trained on)."""
-    loss_sum, n_tokens = token_loss_sum(model, batch)
-    return loss_sum / jnp.maximum(n_tokens, 1.0)
 
 
 def count_params(model: nnx.Module) -> int:
