@@ -10,6 +10,7 @@ import jax
 from planck.model.loss import evaluate
 from planck.schemas.tokenizer import VOCAB_SIZE
 from planck.shards.folder import ShardFolder
+from planck.shards.preflight import preflight
 from planck.shards.windows import ShardWindows, eval_batches, target_bytes
 
 from .errors import EvalError
@@ -18,11 +19,12 @@ SPLIT = "val"
 
 
 def check_folder(folder: Path) -> None:
-    """Refuse a folder without a manifest, of another tokenizer, or without a validation split (before the model loads)."""
+    """Refuse a folder without a manifest, of another tokenizer, without a validation split, or with a damaged one (before the model loads)."""
     sf = ShardFolder(Path(folder))  # ManifestError names a missing or bad manifest
     sf.check_tokenizer()
     if not sf.entries(SPLIT):
         raise EvalError(f"{folder}: no {SPLIT!r} split to evaluate on (tokenize it with --val-tokens / --val-rows)")
+    preflight(Path(folder), (SPLIT,))  # every byte scored is checked first: one line naming a bad file
 
 
 def windows(folder: Path, seq_len: int) -> ShardWindows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from planck.schemas.errors import PlanckError
@@ -28,13 +29,53 @@ class ModelConfig:
     remat: bool = False  # jax.checkpoint per block: less activation memory, ~30% more compute
 
     def validate(self) -> None:
-        """Raise ConfigError on values the model cannot be built with."""
+        """Raise ConfigError on a wrong type or a value the model cannot be built with (checked before anything is allocated)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES[f.name]
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ConfigError(f"model.{f.name}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not (low <= value <= high) or value != value:  # NaN compares false
+                raise ConfigError(f"model.{name} = {value!r} is outside [{low:,}, {high:,}]")
         if self.n_head % self.n_kv_head:
             raise ConfigError("model.n_head must be a multiple of model.n_kv_head")
         if self.head_dim % 2:
             raise ConfigError("model.head_dim must be even (RoPE rotates pairs)")
         if self.compute_dtype not in ("bfloat16", "float32", "float16"):
             raise ConfigError(f"model.compute_dtype {self.compute_dtype!r}: expected bfloat16, float32 or float16")
-        for name in ("vocab_size", "seq_len", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "mlp_ratio"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive")
+        d, hd = self.d_model, self.head_dim
+        params = 2 * self.vocab_size * d + self.n_layer * (
+            2 * d * self.n_head * hd + 2 * d * self.n_kv_head * hd + 2 * d * self.mlp_ratio * d
+        )
+        if params > MAX_PARAMETERS:
+            raise ConfigError(f"model config describes {params:,} parameters, more than this kit builds ({MAX_PARAMETERS:,})")
+
+    @classmethod
+    def from_dict(cls, table: object, where: str) -> "ModelConfig":
+        """A validated config from a JSON object (model.json): unknown keys, wrong types and absurd values are refused."""
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: the model config is not a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigError(f"{where}: model config has unknown keys {unknown} (written by a newer planck?)")
+        cfg = cls(**table)
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return cfg
+
+
+_FIELD_TYPES = {"vocab_size": int, "seq_len": int, "n_layer": int, "d_model": int, "n_head": int, "n_kv_head": int,
+                "head_dim": int, "mlp_ratio": int, "rope_base": float, "logit_softcap": float, "compute_dtype": str,
+                "remat": bool}
+# Far beyond any model this kit trains on one machine, far below sizes that exhaust memory just to build.
+LIMITS = {"vocab_size": (1, 1 << 20), "seq_len": (1, 1 << 20), "n_layer": (1, 1024), "d_model": (1, 1 << 16),
+          "n_head": (1, 1024), "n_kv_head": (1, 1024), "head_dim": (2, 1024), "mlp_ratio": (1, 64),
+          "rope_base": (1.0, 1e12), "logit_softcap": (1e-3, 1e6)}
+MAX_PARAMETERS = 100_000_000_000

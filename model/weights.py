@@ -1,20 +1,24 @@
 """The finished model's weights: one writer and one validated reader of `final/` and of exported `.npz` files.
 
-    final/model.json   {"phase", "step", "model": ModelConfig fields, "parameters", "tokenizer", "chat", "init_from"}
+    final/model.json   {"phase", "step", "model": ModelConfig fields, "parameters", "tokenizer", "chat", "init_from",
+                        "digest": blake2b-128 of the rest of model.json and every parameter (weights_digest)}
     final/params/      the parameters (orbax, float32), named as param_name() spells them
     NAME.npz           the same arrays by name plus `__model_json__` (model.json's bytes): `planck export`
 
 Everything that loads a model (serving, evaluation, `--init-from`, export) goes through load_model or
-load_into, which check the tokenizer fingerprint, every config field and every parameter's name and shape.
+load_into, which check the tokenizer fingerprint, every config field's type and range (before allocating
+anything), every parameter's name and shape (an archive member's declared size before reading it) and the digest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +48,20 @@ def param_name(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def flat_params(model: GPT) -> dict[str, np.ndarray]:
-    """Parameters as {dotted name: numpy array}."""
-    return {param_name(path): np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
+def host_value(x) -> np.ndarray:
+    """A (possibly multi-process, sharded) array's whole value on this host."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_params(model: GPT) -> dict[str, np.ndarray]:
+    """Parameters as {dotted name: numpy array} (a collective under multi-process FSDP: every process calls it)."""
+    return {param_name(path): host_value(v.get_value() if isinstance(v, nnx.Variable) else v)
             for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
@@ -70,6 +85,7 @@ def save_final(folder: Path, model: GPT, meta: dict[str, Any], is_main: bool = T
     params = folder / PARAMS
     if params.exists() and is_main:
         shutil.rmtree(params)
+    meta = {**meta, "digest": weights_digest(host_params(model), meta)}  # every process takes part (a collective)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(params, nnx.state(model, nnx.Param))
     ckptr.wait_until_finished()
@@ -117,44 +133,95 @@ def check_meta(meta: Any, where: Path) -> ModelConfig:
     """The validated model config of a model.json; CheckpointError for another tokenizer, unknown keys or bad values."""
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise CheckpointError(f"{where}: model.json has no 'model' section")
-    tok = meta.get("tokenizer") or {}
+    tok = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
     expected = tokenizer_fingerprint().hex()
     if tok.get("name") != TOKENIZER_NAME or tok.get("fingerprint") != expected:
         raise CheckpointError(
             f"{where}: trained with tokenizer {tok.get('name')!r} (fingerprint {tok.get('fingerprint')}), "
             f"but this install has {TOKENIZER_NAME!r} ({expected}): its token ids would mean other text"
         )
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(meta["model"]) - known)
-    if unknown:
-        raise CheckpointError(f"{where}: model config has unknown keys {unknown} (written by a newer planck?)")
-    cfg = ModelConfig(**meta["model"])
     try:
-        cfg.validate()
+        cfg = ModelConfig.from_dict(meta["model"], str(where))
     except ConfigError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
+        raise CheckpointError(str(exc)) from None
     return cfg
 
 
-def _read_meta(src: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
-    """model.json of a final/ folder (arrays None: they stay on disk), or an .npz's metadata and arrays."""
-    if src.suffix == ".npz":
-        try:
-            with np.load(src, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise CheckpointError(f"{src}: not a readable .npz ({exc})") from None
-        if NPZ_META_KEY not in arrays:
-            raise CheckpointError(f"{src}: no {NPZ_META_KEY} entry (not written by `planck export`)")
-        try:
-            meta = json.loads(arrays.pop(NPZ_META_KEY).tobytes().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{src}: {NPZ_META_KEY} is not JSON ({exc})") from None
-        return meta, arrays
+MAX_META_BYTES = 1 << 20  # model.json is a few hundred bytes; a larger one is not ours
+
+
+def _decode_meta(raw: bytes, where: Path) -> dict[str, Any]:
     try:
-        return json.loads((src / MODEL_JSON).read_text()), None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{src / MODEL_JSON}: not JSON ({exc})") from None
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: not a JSON object")
+    return meta
+
+
+def _read_final_meta(src: Path) -> dict[str, Any]:
+    """final/model.json, size-capped and decoded; CheckpointError naming the file otherwise."""
+    path = src / MODEL_JSON
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, not a model.json written by planck")
+        return _decode_meta(path.read_bytes(), path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _npz_member(zf: zipfile.ZipFile, name: str, where: Path, shape: tuple[int, ...] | None, dtype: np.dtype | None,
+                max_bytes: int | None = None) -> np.ndarray:
+    """One .npy member of an archive, its declared header checked against what the model needs before any data is read."""
+    info = zf.getinfo(name + ".npy")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0(f) if version == (1, 0) else np.lib.format.read_array_header_2_0(f)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: entry {name} is not a numpy array ({exc})") from None
+        got_shape, fortran, got_dtype = header
+        if got_dtype.hasobject:
+            raise CheckpointError(f"{where}: entry {name} holds Python objects (refused: loading them would run code)")
+        nbytes = int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+        if shape is not None and (tuple(got_shape) != tuple(shape) or got_dtype != dtype):
+            raise CheckpointError(f"{where}: parameter {name} is {got_dtype}{list(got_shape)}, the config says {dtype}{list(shape)}")
+        if max_bytes is not None and nbytes > max_bytes:
+            raise CheckpointError(f"{where}: entry {name} declares {nbytes:,} bytes, more than it may hold ({max_bytes:,})")
+        if info.file_size != f.tell() + nbytes:
+            raise CheckpointError(f"{where}: entry {name} is {info.file_size:,} bytes, its header says {f.tell() + nbytes:,}")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise CheckpointError(f"{where}: entry {name} is cut short")
+    array = np.frombuffer(data, dtype=got_dtype)
+    return array.reshape(got_shape, order="F" if fortran else "C")
+
+
+def _open_npz(src: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(src)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{src}: not a readable .npz ({exc})") from None
+
+
+def _npz_meta(zf: zipfile.ZipFile, src: Path) -> dict[str, Any]:
+    if NPZ_META_KEY + ".npy" not in zf.namelist():
+        raise CheckpointError(f"{src}: no {NPZ_META_KEY} entry (not written by `planck export`)")
+    raw = _npz_member(zf, NPZ_META_KEY, src, None, None, max_bytes=MAX_META_BYTES)
+    return _decode_meta(raw.tobytes(), src)
+
+
+def _npz_arrays(zf: zipfile.ZipFile, src: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The parameters of an export, each member's declared shape and size checked before it is read."""
+    names = {n.removesuffix(".npy") for n in zf.namelist()} - {NPZ_META_KEY}
+    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{src}: parameters do not match the model config (missing {missing[:3]}, unexpected {extra[:3]})")
+    try:
+        return {name: _npz_member(zf, name, src, shape, np.dtype(np.float32)) for name, shape in expected.items()}
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise CheckpointError(f"{src}: not a readable .npz ({exc})") from None
 
 
 def _read_orbax(params_dir: Path, model: GPT) -> dict[str, np.ndarray]:
@@ -167,9 +234,54 @@ def _read_orbax(params_dir: Path, model: GPT) -> dict[str, np.ndarray]:
     try:
         restored = ocp.StandardCheckpointer().restore(params_dir.absolute(), target)
     except Exception as exc:  # orbax raises many types for a damaged or foreign folder
-        raise CheckpointError(f"{params_dir}: cannot restore the weights ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{params_dir}: cannot restore the weights ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
     return {param_name(path): np.asarray(v.get_value() if isinstance(v, nnx.Variable) else v)
             for path, v in nnx.to_flat_state(restored)}
+
+
+def weights_digest(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """blake2b-128 over model.json's content (less the digest itself) and every parameter's name, shape and float32 bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name], dtype=np.float32)
+        h.update(f"{name}{list(a.shape)}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _verify_digest(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: Path) -> None:
+    """Refuse weights that differ from what the run wrote (a model.json from before digests is taken as it is)."""
+    want = meta.get("digest")
+    if want is None:
+        return
+    if weights_digest(arrays, meta) != want:
+        raise CheckpointError(
+            f"{where}: the weights or model.json do not match the checksum the run wrote (damaged or changed since); "
+            "re-export them, or re-run the training phase to rewrite final/"
+        )
+
+
+def _read_checked(src: Path, dtype: str | None) -> tuple[dict[str, Any], ModelConfig, GPT, dict[str, np.ndarray]]:
+    """model.json (validated), the config, a shapes-only model in `dtype`, and the verified float32 arrays."""
+    zf = _open_npz(src) if src.suffix == ".npz" else None
+    try:
+        meta = _npz_meta(zf, src) if zf else _read_final_meta(src)
+        cfg = dataclasses.replace(check_meta(meta, src), remat=False)
+        if dtype:
+            cfg.compute_dtype = dtype
+        # Shapes only: the weights come from the file, so nothing is initialised twice.
+        model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+        if zf:
+            expected = {param_name(path): tuple(v.get_value().shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+            arrays = _npz_arrays(zf, src, expected)
+        else:
+            arrays = _read_orbax(src / PARAMS, model)
+    finally:
+        if zf:
+            zf.close()
+    _verify_digest(arrays, meta, src)
+    return meta, cfg, model, arrays
 
 
 def _fill(model: GPT, arrays: dict[str, np.ndarray], where: Path, dtype: jnp.dtype) -> None:
@@ -191,14 +303,7 @@ def _fill(model: GPT, arrays: dict[str, np.ndarray], where: Path, dtype: jnp.dty
 def load_model(path: Path, dtype: str | None = None) -> LoadedModel:
     """Load a run folder, a final/ folder or an exported .npz, parameters and compute in `dtype` (default: the model's own)."""
     src = resolve(path)
-    meta, arrays = _read_meta(src)
-    cfg = dataclasses.replace(check_meta(meta, src), remat=False)
-    if dtype:
-        cfg.compute_dtype = dtype
-    # Shapes only: the weights come from the file, so nothing is initialised twice.
-    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
-    if arrays is None:
-        arrays = _read_orbax(src / PARAMS, model)
+    meta, cfg, model, arrays = _read_checked(src, dtype)
     _fill(model, arrays, src, jnp.dtype(cfg.compute_dtype))
     return LoadedModel(model=model, config=cfg, meta=meta, source=src)
 
@@ -206,10 +311,7 @@ def load_model(path: Path, dtype: str | None = None) -> LoadedModel:
 def load_into(model: GPT, path: Path) -> dict[str, Any]:
     """Overwrite a built model's float32 parameters with a finished model's (`--init-from`); returns its model.json."""
     src = resolve(path)
-    meta, arrays = _read_meta(src)
-    check_meta(meta, src)
-    if arrays is None:
-        arrays = _read_orbax(src / PARAMS, model)
+    meta, _, _, arrays = _read_checked(src, None)
     _fill(model, arrays, src, jnp.dtype(jnp.float32))
     return meta
 
@@ -217,7 +319,7 @@ def load_into(model: GPT, path: Path) -> dict[str, Any]:
 def export_npz(path: Path, out: Path) -> tuple[int, int]:
     """Write a finished model as one .npz of named float32 arrays plus model.json; returns (arrays, parameters)."""
     loaded = load_model(path, dtype="float32")
-    arrays = flat_params(loaded.model)
+    arrays = host_params(loaded.model)
     buf = io.BytesIO()
     np.savez(buf, **{NPZ_META_KEY: np.frombuffer(json.dumps(loaded.meta).encode(), dtype=np.uint8)}, **arrays)
     atomic_write_bytes(Path(out), buf.getvalue())

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import shutil
 import sys
+from pathlib import Path
 
 from planck.eval import cli as eval_cli
 from planck.report import cli as report_cli
@@ -41,6 +45,16 @@ _INTERRUPTED_HINT = {
 }
 
 
+def disk_full_message(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for a full disk: the file (or the job's output) being written, the free space left there, and that finished work is kept."""
+    out = exc.filename or getattr(args, "out", None) or getattr(args, "run_dir", None)
+    target = Path(out) if out else Path.cwd()
+    folder = next((p for p in (target, *target.parents) if p.exists()), Path.cwd())
+    free = shutil.disk_usage(folder).free
+    return (f"no space left on device writing {target} ({free / 1e6:,.1f} MB free on that filesystem); nothing finished "
+            "was lost (files are written under temporary names, then renamed): free space and re-run the same command")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the handler, turn expected failures into one clear line."""
     args = build_parser().parse_args(argv)
@@ -49,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except PlanckError as exc:
         print(f"planck: error: {exc}", file=sys.stderr)
+        if getattr(exc, "exit_at_once", False):  # background writers would print tracebacks at shutdown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"planck: error: {disk_full_message(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nplanck: interrupted{_INTERRUPTED_HINT.get(args.command, '')}", file=sys.stderr)

@@ -208,6 +208,12 @@ def _training_section(run: RunFiles, figs: TrainingFigures) -> list[str]:
                   fmt_sig(r["val_loss"]) if isinstance(r.get("val_loss"), (int, float)) else MISSING,
                   fmt_sig(r["val_bpb"]) if isinstance(r.get("val_bpb"), (int, float)) else MISSING] for r in shown]
         out += ["Validation along the way:", "", table(["step", "train loss", "val loss", "val bpb"], vrows), ""]
+    changes = f.read_changes()
+    if changes:
+        crows = [[fmt_int(c.get("step", 0)), key, fmt_setting(old), fmt_setting(new), str(c.get("time", ""))]
+                 for c in changes for key, (old, new) in sorted(c["changed"].items())]
+        out += [f"Settings changed on resume ({f.changes.name}; {f.config.name} holds the latest):", "",
+                table(["from step", "setting", "was", "now", "when"], crows), ""]
     return out
 
 

@@ -2,6 +2,8 @@
 
     runs/NAME/
         config.json       phase, data folder and the full run config (a re-run must match it to resume)
+        changes.jsonl     settings changed on resume (learning rates, schedule, cadence): step, old and new values
+        preflight.json    the data check done before step 1: shards, bytes, seconds, what was checked
         metrics.jsonl     one JSON object per logged step (loss, lr, tokens/s, val_loss, ...)
         checkpoints/      orbax steps: model, optimizer, loader position
         final/            the finished model: model.json (config, tokenizer, phase, step) + params/
@@ -66,6 +68,14 @@ class RunFolder:
     @property
     def config(self) -> Path:
         return self.root / "config.json"
+
+    @property
+    def changes(self) -> Path:
+        return self.root / "changes.jsonl"
+
+    @property
+    def preflight(self) -> Path:
+        return self.root / "preflight.json"
 
     @property
     def metrics(self) -> Path:
@@ -135,6 +145,20 @@ class RunFolder:
             if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
                 rows.append(row)
         return rows, notes
+
+    def read_changes(self) -> list[dict[str, Any]]:
+        """Settings changed on resume, oldest first: {"step", "time", "changed": {key: [old, new]}}."""
+        if not self.changes.exists():
+            return []
+        out = []
+        for line in self.changes.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("changed"), dict):
+                out.append(row)
+        return out
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows logged after `step` (the checkpoint a run resumes from): they will be logged again, identically."""

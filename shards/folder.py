@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
-
-import numpy as np
 
 from planck.schemas.atomic import atomic_write_text
 from planck.schemas.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardEntry
 
-from .reader import Shard, ShardError, open_shard
+from .reader import Shard, ShardError, file_kind, open_shard
 
 
 def read_manifest(folder: Path) -> Manifest:
-    """Load and validate `folder/manifest.json`; ManifestError names the path."""
-    path = Path(folder) / MANIFEST_NAME
-    if not Path(folder).is_dir():
+    """Load and validate `folder/manifest.json`; ManifestError names the path (never a hang on a FIFO, never a traceback)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not folder.is_dir():
         raise ManifestError(f"{folder}: no such folder")
-    if not path.exists():
-        raise ManifestError(f"{path}: missing; is {folder} a shard folder made by `planck tokenize`?")
-    return Manifest.from_json(path.read_text(encoding="utf-8"), where=str(path))
+    try:
+        st = os.stat(path)  # follows a symlink: what would be read
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: missing; is {folder} a shard folder made by `planck tokenize`?") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestError(f"{path}: cannot be read: {file_kind(st.st_mode)}, not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}): not a manifest written by planck") from None
+    return Manifest.from_json(text, where=str(path))
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
@@ -64,39 +79,9 @@ class ShardFolder:
         return [self.open(e) for e in self.entries(split)]
 
 
-def verify_folder(folder: Path) -> tuple[list[str], list[str]]:
-    """Recompute every checksum and cross-check the manifest: (problems, warnings), each naming its file."""
-    folder = Path(folder)
-    try:
-        sf = ShardFolder(folder, verify=True)
-    except ManifestError as exc:
-        return [str(exc)], []
-    problems: list[str] = []
-    warnings: list[str] = []
-    per_source = np.zeros(max(len(sf.manifest.sources), 1), dtype=np.int64)
-    listed = set()
-    for entry in sf.entries():
-        listed.add(entry.file)
-        try:
-            shard = sf.open(entry)
-        except ShardError as exc:
-            problems.append(str(exc))
-            continue
-        if shard.path.stat().st_size != entry.bytes:
-            problems.append(f"{shard.path}: size differs from the manifest")
-        if len(shard.doc_sources) and int(shard.doc_sources.max()) >= len(sf.manifest.sources):
-            problems.append(f"{shard.path}: documents refer to a source the manifest does not list")
-            continue
-        per_source += np.bincount(shard.doc_sources, minlength=len(per_source))[: len(per_source)]
-    for p in sorted(folder.glob("*.bin")):
-        if p.name not in listed:
-            problems.append(f"{p}: not listed in the manifest")
-    for p in sorted(folder.glob("*.tmp")):
-        warnings.append(f"{p}: leftover of an interrupted job (harmless; a re-run removes it)")
-    if not problems:
-        for i, src in enumerate(sf.manifest.sources):
-            if per_source[i] != src.documents:
-                problems.append(
-                    f"{folder / MANIFEST_NAME}: source {src.name!r} lists {src.documents} documents, the shards hold {per_source[i]}"
-                )
-    return problems, warnings
+def verify_folder(folder: Path, workers: int | None = None) -> tuple[list[str], list[str]]:
+    """The pre-flight's checks (shards/preflight.py) over every split, collecting every problem rather than stopping at
+    the first: (problems, warnings), each a line naming its file."""
+    from .preflight import verify_problems
+
+    return verify_problems(Path(folder), workers=workers)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from planck.schemas.chat_template import TRAINED_ROLES, Role
+from planck.schemas.errors import PlanckError
 from planck.schemas.tokenizer import get_tokenizer
 
 from .folder import ShardFolder
+
+
+class NoSuchDocument(PlanckError, IndexError):
+    """The document index is outside the split."""
 
 _COLOURS = {
     Role.TEXT: "",
@@ -26,7 +31,7 @@ def find_document(sf: ShardFolder, split: str, index: int):
     entries = sf.entries(split)
     total = sum(e.documents for e in entries)
     if not 0 <= index < total:
-        raise IndexError(f"{sf.folder}: the {split} split has {total:,} documents (0..{total - 1}), no document {index}")
+        raise NoSuchDocument(f"{sf.folder}: the {split} split has {total:,} documents (0..{total - 1}), no document {index}")
     for e in entries:
         if remaining < e.documents:
             return sf.open(e), remaining
@@ -37,7 +42,13 @@ def find_document(sf: ShardFolder, split: str, index: int):
 def render_document(folder: Path, index: int, split: str = "train", colour: bool = False) -> str:
     """A header line and the decoded text, role segments coloured or bracketed."""
     sf = ShardFolder(folder)
+    from .preflight import check_manifest, check_shard
+
+    # The pre-flight's checks of the manifest and of the one shard shown (one read of it: shards are <= ~200 MB):
+    # what is printed is what a run would read.
+    check_manifest(folder, sf.manifest, (split,))
     shard, local = find_document(sf, split, index)
+    check_shard(sf.folder, next(e for e in sf.entries(split) if e.file == shard.path.name), sf.manifest)
     ids, roles = shard.document(local)
     enc = get_tokenizer()
     source = sf.source_names[int(shard.doc_sources[local])] if sf.source_names else "?"

@@ -11,6 +11,7 @@ from planck.schemas.chat_template import TRAINED_ROLE_TABLE, Role
 from planck.schemas.manifest import SPLITS
 
 from .folder import ShardFolder
+from .reader import NUM_ROLES, ShardError, check_content
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 
@@ -50,9 +51,14 @@ def folder_stats(folder: Path) -> dict[str, Any]:
             continue
         s = splits[split] = dict(shards=0, tokens=0, documents=0, trained_tokens=0, bytes=0)
         for entry in entries:
-            shard = sf.open(entry)
+            shard = sf.open(entry)  # header, size, tokenizer, offsets and the manifest entry checked
+            # what stats reads must be in range too (token bytes are not read here: `planck shards verify` checks them)
+            check_content(shard, ids=False, num_sources=len(names))
             lengths = np.diff(shard.doc_offsets).astype(np.int64)
             trained, roles = _trained_per_document(shard)
+            if roles[NUM_ROLES:].any():
+                bad = int(np.flatnonzero(roles[NUM_ROLES:])[0]) + NUM_ROLES
+                raise ShardError(shard.path, f"holds role id {bad}, outside the {NUM_ROLES} roles: the payload is corrupted")
             role_counts += roles
             lengths_all.append(lengths)
             s["shards"] += 1

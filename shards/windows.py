@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from planck.schemas.chat_template import TRAINED_ROLE_TABLE, Role
+from planck.schemas.manifest import MANIFEST_NAME, ManifestError
 from planck.schemas.tokenizer import ENDOFTEXT_ID, token_byte_lengths
 from planck.shards.folder import ShardFolder
+from planck.shards.reader import ShardError, check_content
 
 PAD_ID = ENDOFTEXT_ID  # fills chat windows after the last whole conversation; its mask is 0
 
@@ -62,20 +64,24 @@ class ShardWindows:
         self._folder = ShardFolder(Path(folder), verify=verify)
         self._entries = self._folder.entries(split)
         self.kind = self._folder.manifest.kind
+        # Every failure below is a ShardError or ManifestError (both ValueErrors) naming the file.
         if not self._entries:
-            raise ValueError(f"{self._folder.folder}: no {split!r} shards in the manifest")
+            raise ManifestError(f"{self._folder.folder / MANIFEST_NAME}: no {split!r} shards in the manifest")
         if self.kind not in ("pretrain", "chat"):
-            raise ValueError(f"{self._folder.folder}: unknown shard kind {self.kind!r}")
+            raise ManifestError(f"{self._folder.folder / MANIFEST_NAME}: unknown shard kind {self.kind!r}")
         window = self.seq_len + 1
         # Open every shard once here, in the parent: a bad or stale file fails at start-up, not
         # inside a worker mid-run. The maps are dropped afterwards and reopened lazily.
         shards = [self._folder.open(e) for e in self._entries]
+        if verify:  # the checksums were checked by open(); the ids too (shards/preflight.py checks all of it, in parallel)
+            for sh in shards:
+                check_content(sh, num_sources=len(self._folder.manifest.sources))
         self._folder.verify = False  # checksums (if asked for) were checked just now; reopening skips them
         self.truncated = 0  # chat conversations longer than seq_len + 1, cut to one window
         if self.kind == "pretrain":
             for sh in shards:
                 if sh.roles is not None:
-                    raise ValueError(f"{sh.path}: a pretrain folder holds a shard with role ids")
+                    raise ShardError(sh.path, "a pretrain folder holds a shard with role ids")
             per_shard = np.array([max(sh.num_tokens - 1, 0) // self.seq_len for sh in shards], dtype=np.int64)
             # first[s] = index of shard s's first window; windows of shard s are first[s]..first[s+1]-1.
             # A list of ints: bisect on it is faster per item than np.searchsorted.
@@ -85,7 +91,7 @@ class ShardWindows:
             parts_shard, parts_start, parts_count = [], [], []
             for s, sh in enumerate(shards):
                 if sh.roles is None:
-                    raise ValueError(f"{sh.path}: a chat folder holds a shard without role ids")
+                    raise ShardError(sh.path, "a chat folder holds a shard without role ids")
                 # Packed per shard: a window is then one contiguous slice of one file.
                 start, count, truncated = pack_conversations(sh.doc_offsets, window)
                 parts_shard.append(np.full(len(start), s, dtype=np.int32))
@@ -97,8 +103,8 @@ class ShardWindows:
             self._win_count = np.concatenate(parts_count)
             self._len = len(self._win_start)
         if self._len == 0:
-            raise ValueError(
-                f"{self._folder.folder}: the {split!r} split has no window of {window} tokens (seq_len {self.seq_len})"
+            raise ShardError(
+                self._folder.folder, f"the {split!r} split has no window of {window} tokens (seq_len {self.seq_len})"
             )
         self._arrays: list[tuple[np.ndarray, np.ndarray | None]] | None = None
 
@@ -140,7 +146,11 @@ class ShardWindows:
             w[:count] = tokens[start : start + count]
             mask = np.zeros(L, dtype=np.float32)
             # Target t is token t + 1: its role decides whether the loss counts it.
-            mask[: count - 1] = TRAINED_ROLE_TABLE[roles[start + 1 : start + count]]
+            try:
+                mask[: count - 1] = TRAINED_ROLE_TABLE[roles[start + 1 : start + count]]
+            except IndexError:  # a role id beyond the Role enum: the pre-flight refuses such a shard up front
+                e = self._entries[int(self._win_shard[i])]
+                raise ShardError(self._folder.folder / e.file, f"role id out of range in tokens {start}..{start + count - 1}") from None
         return {"inputs": w[:-1], "targets": w[1:], "mask": mask}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -192,8 +192,100 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference_run, pre
 
 def test_resuming_with_other_settings_is_refused(reference_run, pretrain_shards):
     proc = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", reference_run, *STEPS,
-               "--set", "optim.muon_lr=0.01", check=False)
-    assert proc.returncode == 1 and "optim.muon_lr" in proc.stderr and "Traceback" not in proc.stderr
+               "--set", "train.micro_batch=2", check=False)
+    assert proc.returncode == 1 and "train.micro_batch" in proc.stderr and "Traceback" not in proc.stderr
+    assert "optim.muon_lr" in proc.stderr  # the message lists what may change
+
+
+def _newest_checkpoint_damaged(reference_run: Path, d: Path, damage) -> subprocess.CompletedProcess:
+    shutil.copytree(reference_run, d)
+    damage(d / "checkpoints" / "16")
+    shutil.rmtree(d / "final")
+    return run("train", "pretrain", *TINY, "--data", pretrain_shards_of(reference_run), "--run-dir", d, *STEPS)
+
+
+def pretrain_shards_of(run_dir: Path) -> Path:
+    return Path(json.loads((run_dir / "config.json").read_text())["data"])
+
+
+def test_bit_flips_in_the_newest_checkpoint_are_caught_and_the_previous_one_used(reference_run, tmp_path):
+    def flip(step_dir: Path) -> None:
+        data = max((f for f in (step_dir / "model").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+        raw = bytearray(data.read_bytes())
+        for i in range(20):
+            raw[len(raw) // 3 + 11 * i] ^= 0x04
+        data.write_bytes(bytes(raw))
+
+    d = tmp_path / "flipped"
+    proc = _newest_checkpoint_damaged(reference_run, d, flip)
+    assert "checkpoint 16" in proc.stderr and "skipped" in proc.stderr, proc.stderr
+    assert losses(d) == losses(reference_run)  # redone from step 12, identically
+    assert list((d / "checkpoints-damaged").iterdir())  # kept for inspection, out of the way
+
+
+def test_a_checkpoint_whose_metadata_lies_about_its_step_is_refused(reference_run, tmp_path):
+    def lie(step_dir: Path) -> None:
+        meta = next(f for f in (step_dir / "meta").rglob("*") if f.is_file() and f.read_bytes().startswith(b"{"))
+        doc = json.loads(meta.read_text())
+        doc["step"] = 11
+        meta.write_text(json.dumps(doc))
+
+    d = tmp_path / "lying"
+    proc = _newest_checkpoint_damaged(reference_run, d, lie)
+    assert "checkpoint 16" in proc.stderr and "lies about its step" in proc.stderr, proc.stderr
+    assert losses(d) == losses(reference_run)
+
+
+def test_first_ctrl_c_saves_a_checkpoint_at_the_current_step(pretrain_shards, reference_run, tmp_path):
+    d = tmp_path / "interrupted"
+    cmd = planck_cmd("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            m = d / "metrics.jsonl"
+            if m.exists() and len(m.read_text().splitlines()) >= 5:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be interrupted")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    saved_at = int(err.split("checkpoint saved at step ")[1].split()[0])
+    assert (d / "checkpoints" / str(saved_at)).is_dir() and saved_at >= 5
+    resumed = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, *STEPS)
+    assert f"resumed from step {saved_at}" in resumed.stdout
+    assert losses(d) == losses(reference_run)  # nothing lost, nothing repeated differently
+
+
+def test_a_diverged_run_continues_with_lower_learning_rates_and_the_change_is_recorded(pretrain_shards, tmp_path):
+    d = tmp_path / "diverged"
+    common = ["train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--set", "train.log_every=1",
+              "--set", "train.checkpoint_every=2", "--set", "train.eval_every=100"]
+    run(*common, "--set", "train.steps=4")  # a good start: checkpoint at step 4
+    # Extended with learning rates far too high: it diverges after step 4's checkpoint.
+    blown = run(*common, "--set", "train.steps=8", "--set", "optim.muon_lr=1e30", "--set", "optim.adam_lr=1e30", check=False)
+    assert blown.returncode == 1 and "lower the learning rates" in blown.stderr and "Traceback" not in blown.stderr
+    # The advice, followed: the run continues from the last good checkpoint.
+    fixed = run(*common, "--set", "train.steps=8", "--set", "optim.muon_lr=0.03", "--set", "optim.adam_lr=0.004", check=False)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "resumed from step 4" in fixed.stdout
+    changes = [json.loads(x) for x in (d / "changes.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in changes] == [4, 4]
+    assert set(changes[0]["changed"]) == {"train.steps", "optim.muon_lr", "optim.adam_lr"}
+    assert changes[0]["changed"]["train.steps"] == [4, 8] and changes[0]["changed"]["optim.muon_lr"][1] == 1e30
+    assert changes[1]["changed"] == {"optim.muon_lr": [1e30, 0.03], "optim.adam_lr": [1e30, 0.004]}
+    assert json.loads((d / "config.json").read_text())["config"]["optim"]["muon_lr"] == 0.03
+    assert [r["step"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] == list(range(1, 9))
+    report = (d / "report.md").read_text()
+    assert "Settings changed on resume" in report and "optim.muon_lr" in report
+    # The same command again is a plain resume of a finished run: no new change recorded.
+    run(*common, "--set", "train.steps=8", "--set", "optim.muon_lr=0.03", "--set", "optim.adam_lr=0.004")
+    assert len((d / "changes.jsonl").read_text().splitlines()) == 2
 
 
 def test_eight_devices_reach_the_same_loss_as_one(pretrain_shards, tmp_path):
@@ -279,3 +371,21 @@ def test_a_token_budget_decides_the_steps(pretrain_shards, tmp_path):
     assert [s for s, _, _ in losses(tmp_path / "budget")] == [1, 2]
     saved = json.loads((tmp_path / "budget" / "config.json").read_text())["config"]["train"]
     assert saved["steps"] == 2 and saved["tokens"] == 1000
+
+
+def test_the_trainer_refuses_a_corrupt_shard_before_step_1_and_records_its_data_check(pretrain_shards, reference_run, tmp_path):
+    record = json.loads((reference_run / "preflight.json").read_text())
+    assert record["shards"] == len(list(pretrain_shards.glob("*.bin"))) and len(record["fingerprint"]) == 32
+    data = tmp_path / "data"
+    shutil.copytree(pretrain_shards, data)
+    shard = sorted(data.glob("train_*.bin"))[0]
+    raw = bytearray(shard.read_bytes())
+    for i in range(30):
+        raw[len(raw) // 2 + i] ^= 0xFF  # token bytes: the checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    d = tmp_path / "run"
+    proc = run("train", "pretrain", *TINY, "--data", data, "--run-dir", d, *STEPS, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"planck: error: {shard}")
+    assert not (d / "metrics.jsonl").exists() or not (d / "metrics.jsonl").read_text().strip()  # no step was taken
+    assert not any(p.name.isdigit() for p in (d / "checkpoints").glob("*"))

@@ -12,6 +12,9 @@ import json
 import logging
 import math
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from planck.shards.windows import ShardWindows, eval_batches, target_bytes
 from .checkpoint import Checkpoints
 from .config import RunConfig
 from .data import make_batches
+from .data_check import DataCheck
 from .devices import Devices, peak_flops
 from .errors import TrainingError
 from .meter import Meter
@@ -56,6 +60,8 @@ class Run:
     model: GPT
     optimizer: nnx.Optimizer
     checkpoints: Checkpoints
+    data_check: DataCheck
+    changes: dict[str, list[Any]] = field(default_factory=dict)  # settings changed on this resume
     tokens_seen: int = 0
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +79,7 @@ def train(
     r = set_up(cfg, phase=phase, data=data, run_dir=run_dir, init_from=init_from)
     try:
         step = restore(r)
+        report_data_check(r.data_check.join(), r.data_check.skipped)  # before step 1; ran while the model was built
         step_loop(r, step, show_progress)
         r.checkpoints.wait()
         save_final(r.run.final, r.model, _final_meta(r, step=cfg.train.steps), r.devices.is_main)
@@ -95,8 +102,8 @@ def set_up(cfg: RunConfig, *, phase: str, data: Path, run_dir: Path, init_from: 
     if cfg.train.tokens:
         cfg.train.steps = max(1, math.ceil(cfg.train.tokens / tokens_per_step))  # a token budget decides the steps
     run = RunFolder(Path(run_dir))
-    if devices.is_main:
-        check_run_folder(run, cfg, phase, data)
+    changes = check_run_folder(run, cfg, phase, data) if devices.is_main else {}
+    data_check = DataCheck(folder, run, devices.is_main).start()
 
     local_batch = cfg.train.micro_batch * jax.local_device_count()
     train_src = ShardWindows(folder.folder, "train", cfg.model.seq_len)
@@ -115,25 +122,53 @@ def set_up(cfg: RunConfig, *, phase: str, data: Path, run_dir: Path, init_from: 
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
     nnx.update((model, optimizer), devices.place(nnx.state((model, optimizer))))
     return Run(cfg, phase, run, folder, init_from, devices, tokens_per_step, train_src, val_src, data_iter, model,
-               optimizer, Checkpoints(run.root, cfg.train.keep_checkpoints))
+               optimizer, Checkpoints(run.root, cfg.train.keep_checkpoints), data_check, changes=changes)
 
 
-def check_run_folder(run: RunFolder, cfg: RunConfig, phase: str, data: Path) -> None:
-    """A re-run must use the run's own settings: resuming with other ones would not be the same run."""
+# Settings a re-run may change: they steer the rest of the run without making its saved state
+# mean something else (the model, data, batch and loader settings may not). Each change is recorded.
+RESUMABLE_KEYS = frozenset({
+    "optim.muon_lr", "optim.adam_lr", "optim.stable_fraction", "optim.final_lr_fraction",
+    "train.steps", "train.tokens", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.checkpoint_every", "train.keep_checkpoints",
+})
+
+
+def check_run_folder(run: RunFolder, cfg: RunConfig, phase: str, data: Path) -> dict[str, list[Any]]:
+    """A re-run must use the run's own settings, but for RESUMABLE_KEYS; returns those that changed as {key: [old, new]}."""
     want = {"phase": phase, "data": str(Path(data).absolute()), "config": cfg.to_dict()}
-    if run.config.exists():
-        have = json.loads(run.config.read_text())
-        if have != want:
-            diff = sorted(k for k in ("phase", "data") if have.get(k) != want[k])
-            flat_have, flat_want = flatten(have["config"]), flatten(want["config"])
-            diff += sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k))
-            raise TrainingError(
-                f"{run.root} holds a run with other settings ({', '.join(diff)}); re-run with the same ones to resume, "
-                "or use another --run-dir"
-            )
-    else:
+    if not run.config.exists():
         run.root.mkdir(parents=True, exist_ok=True)
         run.config.write_text(json.dumps(want, indent=2))
+        return {}
+    have = json.loads(run.config.read_text())
+    if have == want:
+        return {}
+    diff = sorted(k for k in ("phase", "data") if have.get(k) != want[k])
+    flat_have, flat_want = flatten(have["config"]), flatten(want["config"])
+    changed = sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k))
+    refused = diff + [k for k in changed if k not in RESUMABLE_KEYS]
+    if refused:
+        raise TrainingError(
+            f"{run.root} holds a run with other settings ({', '.join(refused)}); re-run with the same ones to resume, "
+            f"or use another --run-dir (a resumed run may change only {', '.join(sorted(RESUMABLE_KEYS))})"
+        )
+    return {k: [flat_have.get(k), flat_want.get(k)] for k in changed}
+
+
+def record_changes(run: RunFolder, cfg: RunConfig, phase: str, data: Path, changes: dict[str, list[Any]], step: int) -> None:
+    """Append the changed settings with the step they apply from to changes.jsonl, then make config.json the new settings."""
+    from datetime import datetime, timezone
+
+    from planck.schemas.atomic import atomic_write_text
+
+    row = {"step": step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changes}
+    with open(run.changes, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    want = {"phase": phase, "data": str(Path(data).absolute()), "config": cfg.to_dict()}
+    atomic_write_text(run.config, json.dumps(want, indent=2))
+    log.warning("%s: resuming at step %d with changed settings: %s", run.root, step,
+                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
 
 
 # ---- restore ----------------------------------------------------------------------------------------
@@ -146,6 +181,8 @@ def restore(r: Run) -> int:
     r.tokens_seen = int(meta["tokens_seen"]) if meta else 0
     if r.devices.is_main:
         r.run.truncate_metrics(step)
+        if r.changes:
+            record_changes(r.run, r.cfg, r.phase, r.folder.folder, r.changes, step)
     print(
         f"planck train {r.phase}: {count_params(r.model):,} parameters, {r.devices.count} device(s) "
         f"({jax.devices()[0].device_kind}), {r.tokens_per_step:,} tokens per step, steps {step} -> {r.cfg.train.steps}"
@@ -153,6 +190,15 @@ def restore(r: Run) -> int:
         flush=True,
     )
     return step
+
+
+def report_data_check(record: dict[str, Any], skipped: bool) -> None:
+    """One line: what the pre-flight checked, or that an unchanged earlier check stands."""
+    if skipped:
+        print(f"data: checked {record['checked']}, no shard file changed since (preflight.json)", flush=True)
+        return
+    print(f"data checked: {record['shards']} shards, {record['tokens']:,} tokens, {record['bytes'] / 1e9:.2f} GB "
+          f"(checksums, token and role ids, counts, splits) in {record['seconds']:.1f} s", flush=True)
 
 
 # ---- the step loop ------------------------------------------------------------------------------------
@@ -168,10 +214,11 @@ def step_loop(r: Run, step: int, show_progress: bool) -> None:
     adam_lr = lr_schedule(o.adam_lr, t.steps, o.stable_fraction, o.final_lr_fraction)
     fpt, peak = flops_per_token(r.cfg.model), peak_flops()
     meter = Meter(r.tokens_per_step)
+    stop = StopRequest()
     bar = tqdm(total=t.steps, initial=step, desc=f"train {r.phase}", unit="step",
                disable=not (show_progress and r.devices.is_main), dynamic_ncols=True)
     try:
-        with open(r.run.metrics if r.devices.is_main else os.devnull, "a") as metrics_file:
+        with stop, open(r.run.metrics if r.devices.is_main else os.devnull, "a") as metrics_file:
             while step < t.steps:
                 started = meter.step_started()
                 loss, n_tok, gnorm = train_step(r.model, r.optimizer, next_batch(r))
@@ -210,8 +257,45 @@ def step_loop(r: Run, step: int, show_progress: bool) -> None:
                                        {"step": step, "tokens_seen": r.tokens_seen, "seed": r.cfg.seed})
                     if r.devices.is_main:
                         plot_loss(r.run)
+                if stop.requested:
+                    save_and_stop(r, step)
     finally:
         bar.close()
+
+
+class StopRequest:
+    """The first Ctrl-C asks the loop to checkpoint after the step in flight and stop; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            print("\nplanck train: stopped at once; the last saved checkpoint is kept", file=sys.stderr, flush=True)
+            os._exit(130)  # a save in flight stays a temporary folder, never restored
+        self.requested = True
+        print("\nplanck train: Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+
+def save_and_stop(r: Run, step: int) -> None:
+    """Checkpoint `step` (unless it was just saved), wait until it is on disk, then stop as an interrupted run."""
+    if r.checkpoints.last_saved != step:
+        r.checkpoints.save(step, r.model, r.optimizer, r.data_iter,
+                           {"step": step, "tokens_seen": r.tokens_seen, "seed": r.cfg.seed})
+    r.checkpoints.wait()
+    print(f"planck train: checkpoint saved at step {step} in {r.checkpoints.dir}", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt
 
 
 def next_batch(r: Run) -> dict[str, jax.Array]:
