@@ -37,6 +37,8 @@ from .config import ConfigError, ModelConfig
 from .gpt import GPT
 
 NPZ_META_KEY = "__model_json__"
+SAFETENSORS_META_KEY = "planck_model_json"  # the safetensors header's metadata holds model.json under this key
+EXPORT_FORMATS = {"npz": ".npz", "safetensors": ".safetensors"}
 
 
 class CheckpointError(PlanckError):
@@ -120,12 +122,13 @@ def resolve(path: Path) -> Path:
         return path / FINAL
     if path.is_dir() and (path / MODEL_JSON).is_file():
         return path
-    if path.is_file() and path.suffix == ".npz":
+    if path.is_file() and path.suffix in EXPORT_FORMATS.values():
         return path
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     raise CheckpointError(
-        f"{path}: not a finished model (expected a run folder with final/model.json, a final/ folder, or an exported .npz)"
+        f"{path}: not a finished model (expected a run folder with final/model.json, a final/ folder, "
+        "or a .npz / .safetensors from `planck export`)"
     )
 
 
@@ -262,18 +265,53 @@ def _verify_digest(arrays: dict[str, np.ndarray], meta: dict[str, Any], where: P
         )
 
 
+def _shapes_only(meta: dict[str, Any], src: Path, dtype: str | None) -> tuple[ModelConfig, GPT, dict[str, tuple[int, ...]]]:
+    """The validated config (in `dtype`), a shapes-only model and {parameter name: shape} it needs."""
+    cfg = dataclasses.replace(check_meta(meta, src), remat=False)
+    if dtype:
+        cfg.compute_dtype = dtype
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    expected = {param_name(path): tuple(v.get_value().shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return cfg, model, expected
+
+
+def _read_safetensors(src: Path, dtype: str | None) -> tuple[dict[str, Any], ModelConfig, GPT, dict[str, np.ndarray]]:
+    """A safetensors export: model.json from the header's metadata; every tensor's declared shape and dtype checked first."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(src), framework="numpy") as f:
+            raw = (f.metadata() or {}).get(SAFETENSORS_META_KEY)
+            if raw is None:
+                raise CheckpointError(f"{src}: no {SAFETENSORS_META_KEY} in its metadata (not written by `planck export`)")
+            meta = _decode_meta(raw.encode(), src)
+            cfg, model, expected = _shapes_only(meta, src, dtype)
+            names = set(f.keys())
+            missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+            if missing or extra:
+                raise CheckpointError(f"{src}: parameters do not match the model config (missing {missing[:3]}, unexpected {extra[:3]})")
+            arrays = {}
+            for name, shape in expected.items():
+                sl = f.get_slice(name)
+                if tuple(sl.get_shape()) != shape or sl.get_dtype() != "F32":
+                    raise CheckpointError(f"{src}: parameter {name} is {sl.get_dtype()}{sl.get_shape()}, the config says F32{list(shape)}")
+                arrays[name] = f.get_tensor(name)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{src}: not a readable .safetensors ({exc})") from None
+    _verify_digest(arrays, meta, src)
+    return meta, cfg, model, arrays
+
+
 def _read_checked(src: Path, dtype: str | None) -> tuple[dict[str, Any], ModelConfig, GPT, dict[str, np.ndarray]]:
     """model.json (validated), the config, a shapes-only model in `dtype`, and the verified float32 arrays."""
+    if src.suffix == ".safetensors":
+        return _read_safetensors(src, dtype)
     zf = _open_npz(src) if src.suffix == ".npz" else None
     try:
         meta = _npz_meta(zf, src) if zf else _read_final_meta(src)
-        cfg = dataclasses.replace(check_meta(meta, src), remat=False)
-        if dtype:
-            cfg.compute_dtype = dtype
         # Shapes only: the weights come from the file, so nothing is initialised twice.
-        model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+        cfg, model, expected = _shapes_only(meta, src, dtype)
         if zf:
-            expected = {param_name(path): tuple(v.get_value().shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
             arrays = _npz_arrays(zf, src, expected)
         else:
             arrays = _read_orbax(src / PARAMS, model)
@@ -316,11 +354,22 @@ def load_into(model: GPT, path: Path) -> dict[str, Any]:
     return meta
 
 
-def export_npz(path: Path, out: Path) -> tuple[int, int]:
-    """Write a finished model as one .npz of named float32 arrays plus model.json; returns (arrays, parameters)."""
+def export(path: Path, out: Path, fmt: str | None = None) -> tuple[int, int]:
+    """Write a finished model as one file of named float32 arrays plus model.json (.npz or .safetensors, by `fmt` or
+    the suffix of `out`); returns (arrays, parameters). The file loads back through load_model, digest checked."""
+    out = Path(out)
+    fmt = fmt or next((k for k, suffix in EXPORT_FORMATS.items() if out.suffix == suffix), None)
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(f"{out}: say --format npz or safetensors, or end the file name in .npz or .safetensors")
     loaded = load_model(path, dtype="float32")
     arrays = host_params(loaded.model)
-    buf = io.BytesIO()
-    np.savez(buf, **{NPZ_META_KEY: np.frombuffer(json.dumps(loaded.meta).encode(), dtype=np.uint8)}, **arrays)
-    atomic_write_bytes(Path(out), buf.getvalue())
+    if fmt == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, **{NPZ_META_KEY: np.frombuffer(json.dumps(loaded.meta).encode(), dtype=np.uint8)}, **arrays)
+        data = buf.getvalue()
+    else:
+        from safetensors.numpy import save
+
+        data = save(arrays, metadata={SAFETENSORS_META_KEY: json.dumps(loaded.meta), "format": "np"})
+    atomic_write_bytes(out, data)
     return len(arrays), sum(a.size for a in arrays.values())

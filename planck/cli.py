@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from planck import doctor
 from planck.eval import cli as eval_cli
 from planck.report import cli as report_cli
 from planck.schemas.errors import PlanckError
@@ -28,13 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {planck_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,report,chat,serve,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,plan,report,chat,serve,eval,doctor}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
     train_cli.register(sub)
     report_cli.register(sub)
     serve_cli.register(sub)
     eval_cli.register(sub)
+    doctor.register(sub)
     return parser
 
 

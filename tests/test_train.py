@@ -389,3 +389,64 @@ def test_the_trainer_refuses_a_corrupt_shard_before_step_1_and_records_its_data_
     assert proc.stderr.strip().splitlines()[-1].startswith(f"planck: error: {shard}")
     assert not (d / "metrics.jsonl").exists() or not (d / "metrics.jsonl").read_text().strip()  # no step was taken
     assert not any(p.name.isdigit() for p in (d / "checkpoints").glob("*"))
+
+
+def test_tensorboard_and_wandb_offline_receive_the_metrics(pretrain_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = tmp_path / "tracked"
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--set", "train.steps=4",
+        "--set", "train.log_every=1", "--set", "train.eval_every=2", "--set", "train.eval_batches=1",
+        "--set", "log.tensorboard=true", "--set", "log.wandb=planck-tests", env=env)
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    acc = EventAccumulator(str(d / "tensorboard"))
+    acc.Reload()
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [r["step"] for r in rows]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert [e.step for e in acc.Scalars("val/bpb")] == [2, 4]
+    offline = list((d / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+
+
+def test_plan_memory_matches_the_step_and_auto_micro_batch_runs(pretrain_shards, tmp_path):
+    import jax
+    from flax import nnx
+
+    from planck.model.gpt import GPT
+    from planck.train.config import load_config
+    from planck.train.optim import make_optimizer
+    from planck.train.plan import HEADROOM, step_memory
+
+    proc = run("plan", "--config", "tiny", "--json", "--set", "train.device_memory_gb=0.6")
+    plan = json.loads(proc.stdout)
+    cfg = load_config("tiny", "pretrain")
+    model = GPT(cfg.model, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
+    state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(nnx.state((model, opt))))
+    batch_bytes = 3 * 4 * cfg.train.grad_accum * cfg.train.micro_batch * cfg.model.seq_len
+    # XLA's arguments are exactly the step's inputs: parameters, optimizer state and the batch.
+    assert plan["memory"]["arguments"] == state_bytes + batch_bytes
+    assert plan["memory"]["temporaries"] > 0 and plan["parameters"] == 6_529_024
+    chosen = plan["largest"]["micro_batch"]
+    assert plan["largest"]["peak_bytes"] <= 0.6e9 * HEADROOM < step_memory(cfg, chosen + 1).peak
+    d = tmp_path / "auto"
+    out = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--set", "train.steps=2",
+              "--set", "train.micro_batch=auto", "--set", "train.device_memory_gb=0.6")
+    assert f"train.micro_batch=auto: {chosen}" in out.stdout
+    assert json.loads((d / "config.json").read_text())["config"]["train"]["micro_batch"] == chosen
+    # Resumed with auto again: the recorded choice stands (no new search, no "other settings" refusal).
+    again = run("train", "pretrain", *TINY, "--data", pretrain_shards, "--run-dir", d, "--set", "train.steps=2",
+                "--set", "train.micro_batch=auto", "--set", "train.device_memory_gb=0.6")
+    assert "train.micro_batch=auto:" not in again.stdout
+
+
+def test_doctor_reports_this_machine():
+    proc = run("doctor", "--json")
+    info = json.loads(proc.stdout)
+    assert info["backend"] == "cpu" and info["problems"] == []
+    assert info["versions"]["jax"] == "0.10.2" and info["tokenizer"]
+    assert info["flash_attention"]["available"] is False and "not on a GPU" in info["flash_attention"]["why"]
+    bad = run("doctor", "--shards", "/proc/none", check=False)
+    assert bad.returncode in (0, 1) and "Traceback" not in bad.stderr

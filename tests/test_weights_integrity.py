@@ -161,3 +161,38 @@ def test_crafted_archives_are_refused_without_reading_what_they_declare(exported
     zipfile.ZipFile(empty, "w").close()
     with pytest.raises(CheckpointError, match="no __model_json__"):
         load_model(empty)
+
+
+def test_safetensors_export_round_trips_the_npz_logits_and_is_checked(chat_checkpoint, exported, tmp_path):
+    import jax.numpy as jnp
+    from flax import nnx
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path / "model.safetensors"
+    proc = planck("export", chat_checkpoint, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    ids = jnp.asarray([list(range(100, 132))], jnp.int32)
+    logits = lambda m: np.asarray(nnx.jit(lambda model, x: model(x))(m.model, ids))
+    st, npz = load_model(out), load_model(exported)
+    np.testing.assert_array_equal(logits(st), logits(npz))
+    assert st.meta == npz.meta and st.name == "model"
+    # Changed values: refused by the digest; a wrong shape: refused from the header.
+    arrays = load_file(out)
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="numpy") as f:
+        metadata = f.metadata()
+    arrays["head.kernel"] = arrays["head.kernel"] + 1e-3
+    save_file(arrays, tmp_path / "changed.safetensors", metadata=metadata)
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_model(tmp_path / "changed.safetensors")
+    arrays["head.kernel"] = arrays["head.kernel"][:, :10].copy()
+    save_file(arrays, tmp_path / "shape.safetensors", metadata=metadata)
+    with pytest.raises(CheckpointError, match=r"head.kernel is F32\[64, 10\], the config says"):
+        load_model(tmp_path / "shape.safetensors")
+    save_file(arrays, tmp_path / "nometa.safetensors")
+    with pytest.raises(CheckpointError, match="no planck_model_json"):
+        load_model(tmp_path / "nometa.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 100)
+    with pytest.raises(CheckpointError, match="not a readable .safetensors"):
+        load_model(tmp_path / "junk.safetensors")

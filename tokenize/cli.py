@@ -9,16 +9,13 @@ from pathlib import Path
 
 
 def _count(text: str) -> int:
-    """Parse 3B, 100M, 10k, 1_000 or 1e6 into an integer."""
-    t = text.strip().replace("_", "").upper()
-    scale = {"K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}.get(t[-1:], 1)
+    """Parse 3B, 100M, 10k, 1_000 or 1e6 into an integer (argparse type)."""
+    from planck.schemas.counts import parse_count
+
     try:
-        value = float(t[:-1] if scale > 1 else t) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 3B, 100M, 50k, 1000)") from None
-    if value < 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"not a whole non-negative count: {text!r}")
-    return int(value)
+        return parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -40,12 +40,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "export",
-        help="write a run's final weights as one portable .npz",
-        description="Write a finished run's final/ weights into one numpy .npz of named arrays plus the model config.",
+        help="write a run's final weights as one portable .npz or .safetensors file",
+        description="Write a finished run's final/ weights (checked: config, shapes, digest) into one file of named float32 "
+        "arrays plus model.json: numpy .npz, or .safetensors with model.json in its metadata (planck_model_json). "
+        "planck serve, chat and eval load either.",
     )
     e.add_argument("run", type=Path, help="a run folder with final/")
-    e.add_argument("--out", type=Path, required=True, help="the .npz file to write")
+    e.add_argument("--out", type=Path, required=True, help="the file to write (.npz or .safetensors)")
+    e.add_argument("--format", choices=("npz", "safetensors"), help="default: from --out's suffix")
     e.set_defaults(handler=_export)
+
+    pl = sub.add_parser(
+        "plan",
+        help="what a run will need here: parameters, FLOPs, the step's memory, the largest micro-batch, hours",
+        description="Compile the train step of a config for this machine's devices (nothing is allocated) and print "
+        "parameters, FLOPs per token, XLA's memory analysis of the step per device, the largest micro-batch that "
+        "fits, and the time to the token budget at a stated MFU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    pl.add_argument("--config", default="planck150m", help="preset (tiny, planck150m) or a .toml file")
+    pl.add_argument("--phase", default="pretrain", choices=("pretrain", "midtrain", "sft"))
+    pl.add_argument("--tokens", help="token budget (3B, 500M, ...); default: the config's steps")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="as for planck train")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the time estimate")
+    pl.add_argument("--peak-tflops", type=float, default=0.0,
+                    help="the devices' summed dense bf16 peak (default: known GPUs' table; CPUs have none)")
+    pl.add_argument("--no-search", action="store_true", help="skip the search for the largest micro-batch (2-3 compilations)")
+    pl.add_argument("--json", action="store_true", help="one JSON object")
+    pl.set_defaults(handler=_plan)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -74,8 +96,55 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from planck.model.weights import export_npz
+    from planck.model.weights import export
 
-    n_arrays, n_params = export_npz(args.run, args.out)  # the same validated reader serving uses
+    n_arrays, n_params = export(args.run, args.out, args.format)  # the same validated reader serving uses
     print(f"{args.out}: {n_arrays} arrays, {n_params:,} parameters")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import jax
+
+    from .config import AUTO_MICRO_BATCH, load_config
+    from .plan import make_plan
+
+    overrides = list(args.overrides) + ([f"train.tokens={args.tokens}"] if args.tokens else [])
+    cfg = load_config(args.config, args.phase, overrides)
+    if cfg.train.micro_batch == AUTO_MICRO_BATCH:
+        cfg.train.micro_batch = 1
+    plan = make_plan(cfg, mfu=args.mfu, peak_tflops=args.peak_tflops, find_largest=not args.no_search)
+    gb = lambda b: f"{b / 1e9:,.2f} GB"
+    if args.json:
+        out = {**dataclasses.asdict(plan), "peak_bytes": plan.memory.peak, "hours": plan.hours,
+               "largest": None if plan.largest is None else {"micro_batch": plan.largest[0], "peak_bytes": plan.largest[1].peak},
+               "devices": jax.device_count(), "device": jax.devices()[0].device_kind}
+        print(json.dumps(out, indent=2))
+        return 0
+    m = plan.memory
+    rows = [
+        ("config", f"{args.config} ({args.phase}), {jax.device_count()} x {jax.devices()[0].device_kind}"),
+        ("parameters", f"{plan.parameters:,}"),
+        ("FLOPs per token", f"{plan.flops_per_token / 1e9:,.2f} GFLOP (6 x weights + attention)"),
+        ("tokens per step", f"{plan.tokens_per_step:,} ({cfg.train.micro_batch} x {cfg.train.grad_accum} x {cfg.model.seq_len} per device)"),
+        ("steps", f"{plan.steps:,} ({plan.steps * plan.tokens_per_step:,} tokens)"),
+        ("step memory per device", f"{gb(m.peak)} = arguments {gb(m.arguments)} + outputs {gb(m.outputs)} - donated "
+                                   f"{gb(m.aliased)} + temporaries {gb(m.temporaries)} (XLA's analysis of the compiled step)"),
+        ("device memory", gb(plan.budget) if plan.budget else "unknown"),
+    ]
+    if plan.largest:
+        rows.append(("largest micro-batch", f"{plan.largest[0]} ({gb(plan.largest[1].peak)}; train.micro_batch=auto picks it)"))
+    elif plan.budget and not args.no_search:
+        rows.append(("largest micro-batch", "none fits: set model.remat=true or train.fsdp=true"))
+    if plan.hours is not None:
+        rows.append(("time", f"{plan.hours:,.1f} h at {100 * plan.mfu:.0f}% MFU of {plan.peak_flops / 1e12:,.0f} TFLOP/s "
+                             f"(steps x tokens per step x FLOPs per token / (MFU x peak))"))
+    else:
+        rows.append(("time", "unknown peak FLOP/s for this device: pass --peak-tflops"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
     return 0

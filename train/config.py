@@ -11,6 +11,7 @@ from typing import Any
 
 from planck.configs.shipped import shipped_file
 from planck.model.config import ConfigError, ModelConfig
+from planck.schemas.counts import parse_count
 from planck.schemas.run_folder import flatten
 
 PHASES = ("pretrain", "midtrain", "sft")
@@ -39,7 +40,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 5277  # optimizer steps
     tokens: int = 0  # if > 0: a token budget, and steps = ceil(tokens / tokens per step) instead
-    micro_batch: int = 4  # sequences per device per micro-step
+    micro_batch: int = 4  # sequences per device per micro-step; `auto` (stored as 0): the largest that fits the device
     grad_accum: int = 128  # micro-steps per optimizer step: 4 x 128 = 512 sequences
     log_every: int = 10
     eval_every: int = 250
@@ -48,14 +49,25 @@ class TrainConfig:
     keep_checkpoints: int = 3
     loader_workers: int = 0  # grain worker processes; reading memory-mapped shards in-process is fastest
     fsdp: bool = False  # shard parameters and optimizer state over the devices (for models that do not fit one)
+    device_memory_gb: float = 0.0  # memory per device that micro_batch=auto may plan for (0: what the device reports)
 
     def validate(self) -> None:
         """Raise ConfigError on non-positive counts."""
-        for name in ("steps", "micro_batch", "grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("steps", "grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive")
+        if self.micro_batch < 0:
+            raise ConfigError("train.micro_batch must be positive, or auto")
+        if self.device_memory_gb < 0:
+            raise ConfigError("train.device_memory_gb must be >= 0 (0: what the device reports)")
         if self.tokens < 0:
             raise ConfigError("train.tokens must be >= 0 (0: use train.steps)")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False  # also write TensorBoard event files into RUN/tensorboard/ (pip install 'planckgpt[tensorboard]')
+    wandb: str = ""  # a Weights & Biases project to log to (pip install 'planckgpt[wandb]'); metrics.jsonl stays the record
 
 
 @dataclass
@@ -63,6 +75,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
 
     def validate(self) -> "RunConfig":
@@ -88,8 +101,13 @@ PHASE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+AUTO_MICRO_BATCH = 0  # train.micro_batch=auto
+
+
 def _coerce(key: str, kind: Any, value: Any) -> Any:
     """Check (and for strings from the command line, parse) a value against a field's type."""
+    if key == "train.micro_batch" and isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO_MICRO_BATCH
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         try:
@@ -98,7 +116,7 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                     raise ValueError
                 return text.lower() in ("true", "1", "yes")
             if kind is int:
-                return int(text.replace("_", ""))
+                return parse_count(text) if key == "train.tokens" else int(text.replace("_", ""))
             if kind is float:
                 return float(text)
         except ValueError:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from planck.model.gpt import GPT, count_params, flops_per_token
+from planck.model.gpt import GPT, count_params
 from planck.model.loss import evaluate
 from planck.model.weights import final_meta, load_into, save_final
 from planck.schemas.run_folder import RunFolder, flatten
@@ -31,13 +31,13 @@ from planck.shards.folder import ShardFolder
 from planck.shards.windows import ShardWindows, eval_batches, target_bytes
 
 from .checkpoint import Checkpoints
-from .config import RunConfig
+from .config import AUTO_MICRO_BATCH, RunConfig
 from .data import make_batches
 from .data_check import DataCheck
-from .devices import Devices, peak_flops
+from .devices import Devices
 from .errors import TrainingError
-from .meter import Meter
-from .optim import lr_schedule, make_optimizer
+from .metrics_log import MetricsLog
+from .optim import make_optimizer
 from .step import train_step
 
 log = logging.getLogger("planck.train")
@@ -98,10 +98,11 @@ def set_up(cfg: RunConfig, *, phase: str, data: Path, run_dir: Path, init_from: 
     folder = ShardFolder(Path(data))  # checks the manifest up front
     folder.check_tokenizer()
     devices = Devices.create(cfg.train.fsdp)
+    run = RunFolder(Path(run_dir))
+    choose_micro_batch(cfg, run)
     tokens_per_step = cfg.train.micro_batch * devices.count * cfg.train.grad_accum * cfg.model.seq_len
     if cfg.train.tokens:
         cfg.train.steps = max(1, math.ceil(cfg.train.tokens / tokens_per_step))  # a token budget decides the steps
-    run = RunFolder(Path(run_dir))
     changes = check_run_folder(run, cfg, phase, data) if devices.is_main else {}
     data_check = DataCheck(folder, run, devices.is_main).start()
 
@@ -125,12 +126,43 @@ def set_up(cfg: RunConfig, *, phase: str, data: Path, run_dir: Path, init_from: 
                optimizer, Checkpoints(run.root, cfg.train.keep_checkpoints), data_check, changes=changes)
 
 
+def choose_micro_batch(cfg: RunConfig, run: RunFolder) -> None:
+    """train.micro_batch=auto: the run's own choice when resuming, else the largest that fits a device; on a GPU, a
+    micro-batch that cannot fit is refused before anything is allocated, naming the largest that can."""
+    from .plan import HEADROOM, device_memory, largest_micro_batch, step_memory
+
+    budget = device_memory(cfg.train.device_memory_gb)
+    if cfg.train.micro_batch == AUTO_MICRO_BATCH:
+        if run.config.exists():  # a resumed run keeps the batch it started with (its loader position depends on it)
+            recorded = json.loads(run.config.read_text())["config"]["train"]["micro_batch"]
+            if recorded != AUTO_MICRO_BATCH:
+                cfg.train.micro_batch = recorded
+                return
+        if budget is None:
+            raise TrainingError("train.micro_batch=auto: this device reports no memory size; set train.device_memory_gb")
+        found = largest_micro_batch(cfg, budget)
+        if found is None:
+            raise TrainingError(f"one sequence per device does not fit {budget / 1e9:.1f} GB: lower model.seq_len, "
+                                "set model.remat=true or train.fsdp=true")
+        cfg.train.micro_batch = found[0]
+        print(f"train.micro_batch=auto: {found[0]} (the step needs {found[1].peak / 1e9:.2f} GB of "
+              f"{budget / 1e9:.1f} GB per device)", flush=True)
+    elif jax.default_backend() == "gpu" and budget:
+        need = step_memory(cfg, cfg.train.micro_batch)
+        if need.peak > budget * HEADROOM:
+            found = largest_micro_batch(cfg, budget)
+            hint = (f"the largest that fits is {found[0]} (train.micro_batch={found[0]}, or auto)" if found
+                    else "not even 1 fits: set model.remat=true or train.fsdp=true")
+            raise TrainingError(f"train.micro_batch={cfg.train.micro_batch} needs {need.peak / 1e9:.1f} GB per device, "
+                                f"the device has {budget / 1e9:.1f} GB: {hint}")
+
+
 # Settings a re-run may change: they steer the rest of the run without making its saved state
 # mean something else (the model, data, batch and loader settings may not). Each change is recorded.
 RESUMABLE_KEYS = frozenset({
     "optim.muon_lr", "optim.adam_lr", "optim.stable_fraction", "optim.final_lr_fraction",
     "train.steps", "train.tokens", "train.log_every", "train.eval_every", "train.eval_batches",
-    "train.checkpoint_every", "train.keep_checkpoints",
+    "train.checkpoint_every", "train.keep_checkpoints", "log.tensorboard", "log.wandb",
 })
 
 
@@ -206,61 +238,31 @@ def report_data_check(record: dict[str, Any], skipped: bool) -> None:
 
 def step_loop(r: Run, step: int, show_progress: bool) -> None:
     """Optimizer steps until cfg.train.steps: log every log_every, evaluate every eval_every, checkpoint every checkpoint_every."""
-    from tqdm import tqdm
-
     t = r.cfg.train
-    o = r.cfg.optim
-    muon_lr = lr_schedule(o.muon_lr, t.steps, o.stable_fraction, o.final_lr_fraction)
-    adam_lr = lr_schedule(o.adam_lr, t.steps, o.stable_fraction, o.final_lr_fraction)
-    fpt, peak = flops_per_token(r.cfg.model), peak_flops()
-    meter = Meter(r.tokens_per_step)
-    stop = StopRequest()
-    bar = tqdm(total=t.steps, initial=step, desc=f"train {r.phase}", unit="step",
-               disable=not (show_progress and r.devices.is_main), dynamic_ncols=True)
-    try:
-        with stop, open(r.run.metrics if r.devices.is_main else os.devnull, "a") as metrics_file:
-            while step < t.steps:
-                started = meter.step_started()
-                loss, n_tok, gnorm = train_step(r.model, r.optimizer, next_batch(r))
-                loss = float(loss)  # one host sync per step: a NaN must stop the run before it is checkpointed
-                meter.step_done(started)
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
-                        f"in {r.checkpoints.dir} is intact: lower the learning rates (--set optim.muon_lr=... optim.adam_lr=...) and re-run"
-                    )
-                step += 1
-                r.tokens_seen += r.tokens_per_step
-                bar.update(1)
-                if step % t.log_every == 0 or step == t.steps:
-                    window = meter.window()
-                    r.last = {
-                        "step": step, "loss": loss, "lr": float(muon_lr(step - 1)), "adam_lr": float(adam_lr(step - 1)),
-                        "tokens_per_sec": window["tokens_per_sec"], "tokens_seen": r.tokens_seen,
-                        "grad_norm": float(gnorm), "trained_tokens": float(n_tok),
-                    }
-                    if peak:
-                        r.last["mfu"] = fpt * window["tokens_per_sec"] / peak
-                    if "compile_s" in window:
-                        r.last["compile_s"] = window["compile_s"]
-                    postfix = {"loss": f"{loss:.3f}", "tok/s": f"{window['tokens_per_sec']:,.0f}"}
-                    if peak:
-                        postfix["mfu"] = f"{100 * r.last['mfu']:.1f}%"
-                    bar.set_postfix(postfix, refresh=False)
-                if r.val_src is not None and (step % t.eval_every == 0 or step == t.steps):
-                    r.last = {**r.last, "step": step, **validation(r)}
-                if r.last.get("step") == step:
-                    metrics_file.write(json.dumps(r.last) + "\n")
-                    metrics_file.flush()
-                if step % t.checkpoint_every == 0 or step == t.steps:
-                    r.checkpoints.save(step, r.model, r.optimizer, r.data_iter,
-                                       {"step": step, "tokens_seen": r.tokens_seen, "seed": r.cfg.seed})
-                    if r.devices.is_main:
-                        plot_loss(r.run)
-                if stop.requested:
-                    save_and_stop(r, step)
-    finally:
-        bar.close()
+    with StopRequest() as stop, MetricsLog(r.cfg, r.run, r.phase, r.tokens_per_step, step, r.devices.is_main,
+                                           show_progress) as metrics:
+        while step < t.steps:
+            started = metrics.meter.step_started()
+            loss, n_tok, gnorm = train_step(r.model, r.optimizer, next_batch(r))
+            loss = float(loss)  # one host sync per step: a NaN must stop the run before it is checkpointed
+            metrics.meter.step_done(started)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint "
+                    f"in {r.checkpoints.dir} is intact: lower the learning rates (--set optim.muon_lr=... optim.adam_lr=...) and re-run"
+                )
+            step += 1
+            r.tokens_seen += r.tokens_per_step
+            evaluate_now = r.val_src is not None and (step % t.eval_every == 0 or step == t.steps)
+            metrics.step(step, loss, n_tok, gnorm, r.tokens_seen, (lambda: validation(r)) if evaluate_now else None)
+            r.last = metrics.last
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                r.checkpoints.save(step, r.model, r.optimizer, r.data_iter,
+                                   {"step": step, "tokens_seen": r.tokens_seen, "seed": r.cfg.seed})
+                if r.devices.is_main:
+                    plot_loss(r.run)
+            if stop.requested:
+                save_and_stop(r, step)
 
 
 class StopRequest:
