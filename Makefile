@@ -17,7 +17,7 @@ RUNS ?= runs
 CHECKPOINT ?= $(RUNS)/sft
 PORT ?= 8000
 
-.PHONY: help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
+.PHONY: doctor plan gpu-check speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -32,6 +32,15 @@ help:
 	@echo "make chat         talk to a finished model in the terminal (CHECKPOINT=$(CHECKPOINT))"
 	@echo "make serve        OpenAI-compatible HTTP API + web chat on http://127.0.0.1:$(PORT) (CHECKPOINT=...)"
 	@echo "make bench        tokenizer, loader, train-step and decode figures beside their ceilings -> bench/results/bench.json"
+	@echo "make doctor       what a run here will use: devices, versions, tokenizer, disk, flash attention"
+	@echo "make plan         the real run's memory per device, largest micro-batch and hours (CONFIG=, TOKENS=)"
+	@echo "make gpu-check    the acceptance run on a GPU (tiny on a CPU): step, 200 training steps, decode -> OUT or bench/results"
+	@echo "make speedrun     shards -> pretrain -> midtrain -> sft -> eval -> report, each resumable (CONFIG=, TOKENS=)"
+	@echo "                  (install the CUDA build of jax with: make install ACCEL=cuda12)"
+
+# ACCEL=cuda12 (or cuda13) also installs the CUDA build of the pinned jax: `make install ACCEL=cuda12`.
+ACCEL ?= cpu
+JAX_VERSION := $(shell sed -n 's/.*"jax==\([^"]*\)".*/\1/p' pyproject.toml)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +48,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.accel-$(ACCEL): $(VENV)/.installed
+	@if [ "$(ACCEL)" != cpu ]; then $(PY) -m pip install --quiet "jax[$(ACCEL)]==$(JAX_VERSION)"; fi
+	touch $@
+
+install: $(VENV)/.accel-$(ACCEL)
 
 tokenizer-cache:
 	@mkdir -p $(TIKTOKEN_CACHE_DIR)
@@ -106,3 +119,15 @@ bench: install tokenizer-cache
 
 clean-shards:
 	rm -rf $(SHARDS)/pretrain $(SHARDS)/midtrain $(SHARDS)/sft $(SHARDS)/demo
+
+doctor: install tokenizer-cache
+	$(PLANCK) doctor --shards $(SHARDS) --runs $(RUNS)
+
+plan: install tokenizer-cache
+	$(PLANCK) plan --config $(CONFIG) $(if $(TOKENS),--tokens $(TOKENS))
+
+gpu-check: install tokenizer-cache
+	$(PY) bench/gpu_check.py $(if $(OUT),--out $(OUT))
+
+speedrun: install tokenizer-cache
+	$(PLANCK) speedrun --config $(CONFIG) --shards $(SHARDS) --runs $(RUNS) $(if $(TOKENS),--tokens $(TOKENS)) $(if $(SOURCE),--source $(SOURCE))

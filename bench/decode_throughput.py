@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default=None, help="serving dtype (default: float32 on CPU, the model's on GPU)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     args = ap.parse_args()
     loaded = load_for_serving(args.checkpoint, args.dtype) if args.checkpoint else random_model(args.config, args.overrides, args.dtype)
     cfg = loaded.config
@@ -154,8 +155,8 @@ def main() -> None:
     print(f"  bandwidth {bw / 1e9:.1f} GB/s ({bw_source})")
     print(f"  peak RSS {out['peak_rss_bytes'] / 1e6:,.0f} MB"
           + (f", peak device {out['peak_device_bytes'] / 1e6:,.0f} MB" if "peak_device_bytes" in out else ""))
-    path = Path(__file__).parent / "results" / f"decode_{Path(out['config']).name}.json"
-    path.parent.mkdir(exist_ok=True)
+    path = args.out / f"decode_{Path(out['config']).name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"  -> {path}")
 

@@ -196,13 +196,20 @@ class GPT(nnx.Module):
         )
 
     def __call__(self, tokens_BxT: jax.Array) -> jax.Array:
+        return self._logits(self._blocks(tokens_BxT))
+
+    def final_hidden(self, tokens_BxT: jax.Array) -> jax.Array:
+        """rms_norm of the last block's output in the compute dtype: the head's input (B, T, D) (the loss starts here)."""
+        return rms_norm(self._blocks(tokens_BxT)).astype(self.compute_dtype)
+
+    def _blocks(self, tokens_BxT: jax.Array) -> jax.Array:
         T = tokens_BxT.shape[1]
         positions_1xT = jnp.arange(T)[None, :]
         x_BxTxD = self._embed(tokens_BxT)
         forward = _block_forward_remat if self.remat else _block_forward
         for block in self.blocks:
             x_BxTxD = forward(block, x_BxTxD, positions_1xT)
-        return self._logits(x_BxTxD)
+        return x_BxTxD
 
     def forward_cached(
         self, tokens_BxT: jax.Array, positions_BxT: jax.Array, caches: list[LayerCache] | None = None

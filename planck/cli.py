@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from planck import doctor
+from planck import doctor, speedrun
 from planck.eval import cli as eval_cli
 from planck.report import cli as report_cli
 from planck.schemas.errors import PlanckError
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"planck {planck_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,plan,report,chat,serve,eval,doctor}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{tokenize,shards,train,export,plan,report,chat,serve,eval,doctor,speedrun}")
     tokenize_cli.register(sub)
     shards_cli.register(sub)
     train_cli.register(sub)
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cli.register(sub)
     eval_cli.register(sub)
     doctor.register(sub)
+    speedrun.register(sub)
     return parser
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 _INTERRUPTED_HINT = {
     "tokenize": "; finished shards are kept, re-run the same command to resume",
     "train": "; the last checkpoint is kept, re-run the same command to resume",
+    "speedrun": "; finished phases and the last checkpoint are kept, re-run the same command to resume",
 }
 
 

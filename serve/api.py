@@ -1,37 +1,48 @@
 """The HTTP server: an OpenAI-compatible API over the batcher, and the chat page at /.
 
-Endpoints: POST /v1/chat/completions (chat models), POST /v1/completions (any model: plain text),
-GET /v1/models, GET /health and GET / (serve/web/index.html). Requests and replies follow OpenAI's
-shapes, so the official clients work with `base_url="http://HOST:PORT/v1"`; every error, ours or
-the framework's, is OpenAI's `{"error": {"message", "type", "param", "code"}}` body.
+Endpoints: POST /v1/chat/completions (chat models), POST /v1/completions (any model: plain text or
+token ids; `logprobs` and `echo` for scoring, as lm-evaluation-harness uses them), GET /v1/models,
+GET /health, GET /metrics (Prometheus), GET /openapi.json, GET /docs and GET / (serve/web/index.html).
+Requests and replies follow OpenAI's shapes, so the official clients work with
+`base_url="http://HOST:PORT/v1"`; every error, ours or the framework's, is OpenAI's
+`{"error": {"message", "type", "param", "code"}}` body. serve/guard.py checks every request first
+(Host, API key, origin) and logs it; serve/http.py is the HTTP layer under it (read deadlines).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import secrets
+import socket
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, AsyncIterator
-from urllib.parse import urlsplit
+from typing import Annotated, Any, AsyncIterator, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator, ValidationError, field_validator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message as ASGIMessage, Receive, Scope, Send
 
 from planck.model.weights import LoadedModel
 from planck.schemas.rows import Message
+from planck.schemas.tokenizer import get_tokenizer
 
 from .batcher import DEFAULT_MAX_TOKENS, Batcher, Finished, SamplingParams, TextDelta
-from .prompt import PromptError, chat_prompt, check_messages, completion_prompt
+from .guard import Access, AccessLog, Guard, Metrics, log_to_stdout
+from .http import BODY_TIMEOUT, HEADER_TIMEOUT, server_config
+from .prompt import PromptError, chat_prompt, check_messages, completion_prompt, token_prompt
+from .scoring import MAX_LOGPROBS, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +57,10 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pro
 class APIError(Exception):
     """An error answered with OpenAI's error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
 def error_body(message: str, status: int = 400, param: str | None = None, code: str | None = None) -> dict:
@@ -71,12 +83,19 @@ def _field_path(loc: tuple) -> str:
     return path
 
 
+UNION_TAGS = {"str", "int", "list[str]", "list[int]", "list[list[int]]"}  # pydantic names union members in error paths
+
+
 def _validation_error(errors: list[dict]) -> APIError:
     """The first pydantic error as a 400 naming the field."""
     err = errors[0]
     loc = tuple(err.get("loc", ()))
     if loc[:1] in (("body",), ("query",), ("path",)):  # FastAPI's own errors first say where the value was
         loc = loc[1:]
+    loc = tuple(part for part in loc if part not in UNION_TAGS)  # 'prompt.list[int]' -> 'prompt'
+    if len(errors) > 1 and loc == ("prompt",):  # no member of the union matched
+        return APIError(400, "prompt: expected a string, a list of one string, token ids or a list of one list of "
+                             "token ids", param="prompt")
     field = _field_path(loc)
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if not field:
@@ -120,13 +139,18 @@ class BodyLimit:
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's shape: ours, FastAPI's 422 (made 400), 404/405 and anything unexpected."""
 
+    def note(request: Request, code: str | None, status: int) -> None:
+        request.scope.setdefault("state", {}).setdefault("planck", {})["error"] = code or str(status)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+        note(request, exc.code, exc.status)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         err = _validation_error(list(exc.errors()))
+        note(request, err.code, err.status)
         return error_response(err.status, err.message, err.param, err.code)
 
     @app.exception_handler(StarletteHTTPException)
@@ -139,11 +163,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        note(request, code, exc.status_code)
         return error_response(exc.status_code, message, code=code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after sending this, so uvicorn logs the traceback; the server keeps serving.
+        note(request, "internal_error", 500)
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
 
@@ -209,27 +235,33 @@ class ChatRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: StrList
-    echo: bool | None = None
+    # Text, or token ids (lm-evaluation-harness sends [[ids]]); one prompt per request.
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool | None = None  # the reply repeats the prompt (and its logprobs) before the completion
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)  # token logprobs and the top N per position
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: list[str]) -> list[str]:
+    def _one_prompt(cls, prompt: Any) -> str | list[int]:
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and all(isinstance(t, int) for t in prompt):
+            return prompt
         if len(prompt) != 1:
             raise ValueError(f"expected one prompt, got {len(prompt)}: send one request per prompt")
-        return prompt
+        return prompt[0]
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     """The JSON body validated as `model`; any mistake is a 400 naming the field."""
-    # Any Content-Type is read as JSON, so `curl -d '{...}'` works. A page on another site could
-    # still post to a server on localhost (a form needs no CORS preflight): browsers name the
-    # page's origin on such requests, and only our own page's origin is served.
-    origin = request.headers.get("origin")
-    if origin and urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise APIError(403, f"requests from pages on {origin} are refused: only this server's own page may call the API",
-                       code="cross_origin")
-    raw = await request.body()
+    # Any Content-Type is read as JSON, so `curl -d '{...}'` works (serve/guard.py refuses other sites' pages).
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        timeout = request.scope.get("state", {}).get("planck_read_timeout")
+        if timeout is not None:  # serve/http.py already answered 408 and closed the connection
+            raise APIError(408, f"the request's body did not arrive within {timeout:g} s", code="body_timeout") from None
+        raise APIError(499, "the client disconnected while sending its body", code="client_disconnected") from None
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -249,6 +281,10 @@ class Job:
     stop: list[str]
     stream: bool
     include_usage: bool
+    logprobs: int | None = None  # completions: how many alternatives per token (None: no logprobs)
+    echo: bool = False
+    shown: int = 0  # completions: how many prompt ids (from the end) the client sent: echo shows those
+    prompt_text: str = ""
 
 
 def _sampling(req: SamplingFields, max_tokens: int | None, max_tokens_param: str, default_max: int) -> SamplingParams:
@@ -311,13 +347,13 @@ class Reply:
         choice = {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}
         return {**self.head("text_completion"), "choices": [choice]}
 
-    def whole(self, text: str, done: Finished) -> dict:
+    def whole(self, text: str, done: Finished, logprobs: dict | None = None) -> dict:
         """The non-streamed response."""
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                       "finish_reason": done.reason}
             return {**self.head("chat.completion"), "choices": [choice], "usage": usage(done)}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done.reason}
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done.reason}
         return {**self.head("text_completion"), "choices": [choice], "usage": usage(done)}
 
 
@@ -328,9 +364,12 @@ def usage(done: Finished) -> dict:
 
 
 def _failure(done: Finished) -> APIError:
-    """A request the engine ended without a reply: it failed, or the server is shutting down."""
+    """A request the engine ended without a reply: it failed, waited too long, or the server is shutting down."""
     if done.reason == "error":
         return APIError(500, f"generation failed: {done.error or 'unknown engine error'}")
+    if done.reason == "timeout":
+        return APIError(503, "the server is busy: the request waited too long for a free slot; retry later",
+                        code="queue_timeout", headers={"Retry-After": "5"})
     return APIError(503, "the request was cancelled: the server is shutting down")
 
 
@@ -345,6 +384,10 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
+    def __init__(self, content: AsyncIterator[str], events: AsyncIterator | None = None, **kw):
+        super().__init__(content, **kw)
+        self.events = events  # the batcher's stream: closed too, even if the body never started
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             # Starlette cancels the stream when the client disconnects (uvicorn's HTTP is ASGI 2.3);
@@ -352,23 +395,42 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+            if self.events is not None:
+                await self.events.aclose()
 
 
-async def _stream(batcher: Batcher, job: Job, reply: Reply) -> AsyncIterator[str]:
-    """The SSE events of one request; closing this generator cancels the request in the batcher."""
+def _record(request: Request, done: Finished | None, arrived: float) -> None:
+    """Token counts and timings of a request for its access-log line and the metrics (serve/guard.py)."""
+    info = request.scope.setdefault("state", {}).setdefault("planck", {})
+    if done is None:
+        return
+    info["prompt_tokens"], info["completion_tokens"] = done.prompt_tokens, done.completion_tokens
+    if done.first_token_s is not None:
+        # The batcher's clock starts at submit; the request arrived a little earlier (body, tokenizing).
+        info["ttft_s"] = done.first_token_s + (info.get("submitted_at", arrived) - arrived)
+        info["end_s"] = time.monotonic() - arrived
+
+
+async def _stream(events: AsyncIterator, first: Any, job: Job, reply: Reply, request: Request,
+                  arrived: float) -> AsyncIterator[str]:
+    """The SSE events of one started request; closing this generator cancels the request in the batcher."""
     if reply.chat:
         yield sse(reply.chunk("", role=True))
     done: Finished | None = None
     try:
-        async with aclosing(batcher.astream(job.ids, job.params, job.stop)) as events:
-            async for event in events:
+        async with aclosing(events):
+            event = first
+            while True:
                 if isinstance(event, TextDelta):
                     yield sse(reply.chunk(event.text))
                 else:
                     done = event
+                    break
+                event = await anext(events)
     except Exception as exc:  # the 200 is already sent: report in the stream, as OpenAI does
         log.exception("stream %s failed", reply.id)
         yield sse(error_body(f"generation failed: {type(exc).__name__}: {exc}", 500))
+    _record(request, done, arrived)
     if done is not None and done.reason in ("stop", "length"):
         yield sse(reply.chunk(None if reply.chat else "", finish=done.reason))
         if job.include_usage:
@@ -380,35 +442,116 @@ async def _stream(batcher: Batcher, job: Job, reply: Reply) -> AsyncIterator[str
     yield sse("[DONE]")
 
 
-async def _collect(batcher: Batcher, job: Job, request: Request) -> tuple[str, Finished | None]:
+async def _collect(events: AsyncIterator, first: Any, request: Request) -> tuple[str, Finished | None]:
     """The whole reply; None instead of Finished when the client left (the request is then cancelled)."""
     parts: list[str] = []
-    try:
-        async with aclosing(batcher.astream(job.ids, job.params, job.stop)) as events:
-            async for event in events:
-                if isinstance(event, Finished):
-                    return "".join(parts), event
-                parts.append(event.text)
-                # Nobody listens for a disconnect during a plain response: check at every piece.
-                if await request.is_disconnected():
-                    return "".join(parts), None
-    except ValueError as exc:
-        raise APIError(400, str(exc)) from None
-    return "".join(parts), None
+    async with aclosing(events):
+        event = first
+        while True:
+            if isinstance(event, Finished):
+                return "".join(parts), event
+            parts.append(event.text)
+            # Nobody listens for a disconnect during a plain response: check at every piece.
+            if await request.is_disconnected():
+                return "".join(parts), None
+            event = await anext(events)
 
 
-async def _answer(batcher: Batcher, job: Job, reply: Reply, request: Request) -> Response:
-    """A streamed or whole response for a validated job."""
-    if job.stream:
-        return EventStream(_stream(batcher, job, reply), headers=SSE_HEADERS)
-    text, done = await _collect(batcher, job, request)
-    if done is None:  # the client is gone; this response goes nowhere
-        return error_response(499, "client closed the request")
-    if done.reason not in ("stop", "length"):
-        err = _failure(done)
-        log.warning("request %s ended without a reply: %s", reply.id, err.message)
-        raise err
-    return JSONResponse(reply.whole(text, done))
+class Server:
+    """What the endpoints share: the batcher, the scorer, the queue limit."""
+
+    def __init__(self, batcher: Batcher, loaded: LoadedModel, max_waiting: int):
+        self.batcher, self.loaded, self.max_waiting = batcher, loaded, max_waiting
+        self._scorer: Scorer | None = None
+        tok = get_tokenizer()
+        self.vocab = tok.n_vocab
+        self.token_bytes = tok.decode_single_token_bytes
+        self.decode = tok.decode
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            self._scorer = Scorer(self.loaded)
+        return self._scorer
+
+    def admit(self) -> None:
+        """429 when the queue is full: a client should back off rather than wait behind max_waiting others."""
+        waiting = self.batcher.load()["waiting"]
+        if waiting >= self.max_waiting:
+            raise APIError(429, f"the server is busy: {waiting} requests are waiting for a slot; retry later",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
+    async def start(self, job: Job, request: Request) -> tuple[AsyncIterator, Any]:
+        """Submit a job and wait for its first event (time in the queue, then prefill); failures before any text are errors."""
+        self.admit()
+        request.scope.setdefault("state", {}).setdefault("planck", {})["submitted_at"] = time.monotonic()
+        events = self.batcher.astream(job.ids, job.params, job.stop)
+        try:
+            first = await anext(events)
+        except ValueError as exc:
+            await events.aclose()
+            raise APIError(400, str(exc)) from None
+        except BaseException:
+            await events.aclose()
+            raise
+        if isinstance(first, Finished) and first.reason not in ("stop", "length"):
+            await events.aclose()
+            raise _failure(first)
+        return events, first
+
+    async def answer(self, job: Job, reply: Reply, request: Request, arrived: float) -> Response:
+        """A streamed or whole response for a validated job."""
+        if job.params.max_tokens == 0:  # echo with max_tokens 0: the prompt's logprobs, no generation
+            self.admit()
+            text, done = "", Finished("length", len(job.ids), 0)
+        else:
+            events, first = await self.start(job, request)
+            if job.stream:
+                return EventStream(_stream(events, first, job, reply, request, arrived), events, headers=SSE_HEADERS)
+            text, done = await _collect(events, first, request)
+            if done is None:  # the client is gone; this response goes nowhere
+                raise APIError(499, "client closed the request", code="client_disconnected")
+            if done.reason not in ("stop", "length"):
+                err = _failure(done)
+                log.warning("request %s ended without a reply: %s", reply.id, err.message)
+                raise err
+        _record(request, done, arrived)
+        logprobs = None
+        if job.logprobs is not None or job.echo:
+            logprobs = await self.logprobs(job, done.completion_ids, text)
+            if job.echo:
+                text = job.prompt_text + text
+        return JSONResponse(reply.whole(text, done, logprobs if job.logprobs is not None else None))
+
+    async def logprobs(self, job: Job, completion_ids: list[int], completion_text: str) -> dict:
+        """OpenAI's legacy logprobs object: tokens, token_logprobs, top_logprobs, text_offset.
+
+        Scored in one causal forward over the prompt and the completion (at most the context), so a
+        prompt token's logprob is that of the model reading it (the same logits `planck eval` takes).
+        With echo the prompt's tokens come first and the very first has no logprob (null), as OpenAI.
+        """
+        seq = [*job.ids, *completion_ids]
+        first = len(job.ids) - job.shown if job.echo else len(job.ids)  # index in seq of the first listed token
+        scores = await run_in_threadpool(self.scorer, seq) if len(seq) >= 2 else None
+        n_top = job.logprobs or 0
+        tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        at = 0
+        for j in range(first, len(seq)):
+            piece = self.token_bytes(seq[j])
+            tokens.append(piece.decode("utf-8", errors="replace"))
+            offsets.append(at)
+            at += len(decoder.decode(piece))
+            if j == first and job.echo or scores is None or j == 0:
+                token_logprobs.append(None)
+                top_logprobs.append(None)
+                continue
+            token_logprobs.append(float(scores.logprobs[j - 1]))
+            top = {}
+            for t, lp in zip(scores.top_ids[j - 1][:n_top], scores.top_logprobs[j - 1][:n_top]):
+                top.setdefault(self.token_bytes(int(t)).decode("utf-8", errors="replace"), float(lp))
+            top_logprobs.append(top)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
 
 
 # ---- the app -----------------------------------------------------------------------------------
@@ -427,14 +570,90 @@ def chat_page() -> str:
     raise FileNotFoundError("serve/web/index.html is missing from this install")
 
 
-def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_000_000) -> FastAPI:
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body: every 4xx and 5xx of this server."""
+
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    chat: bool
+    context: int
+    slots: int
+    busy: int
+    waiting: int
+
+
+ERRORS = {"default": {"model": ErrorResponse, "description": "an error in OpenAI's shape"}}
+JSON_OR_SSE = {200: {"description": "the reply (stream: true gives server-sent events)",
+                     "content": {"application/json": {"schema": {"type": "object"}},
+                                 "text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, plus the request bodies the endpoints parse themselves (any Content-Type is read as JSON)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, model in (("/v1/chat/completions", ChatRequest), ("/v1/completions", CompletionRequest)):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+        schema["paths"][path]["post"]["requestBody"] = {
+            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    app.openapi_schema = schema
+    return schema
+
+
+@dataclass
+class ServeOptions:
+    """How the app admits and records requests (the CLI's options; defaults suit the tests)."""
+
+    access: Access = field(default_factory=Access)
+    max_body_bytes: int = 1_000_000
+    max_waiting: int | None = None  # requests waiting for a slot before 429s; default 4 x slots
+    log_json: bool = False
+    metrics: bool = True
+
+
+def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_000_000,
+               options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI app serving `loaded` through `batcher`."""
-    # No /docs: its page loads scripts from a CDN, and the serving machine may be offline.
-    app = FastAPI(title="PlanckGPT", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    options = options or ServeOptions(max_body_bytes=max_body_bytes)
+    # /docs is FastAPI's page: it loads Swagger UI's scripts from a CDN, so it needs a browser with internet.
+    app = FastAPI(title="PlanckGPT", version="1", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+                  description="An OpenAI-compatible API over one PlanckGPT model.")
+    app.openapi = lambda: _openapi(app)
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    metrics = Metrics(batcher.load) if options.metrics else None
+    app.add_middleware(Guard, access=options.access, log=AccessLog(options.log_json), metrics=metrics)
     _install_error_handlers(app)
     app.state.model_name, app.state.slots = loaded.name, batcher.engine.slots
     name, context = loaded.name, batcher.engine.context
+    server = Server(batcher, loaded, options.max_waiting if options.max_waiting is not None else 4 * batcher.engine.slots)
+    app.state.server = server
     page = chat_page()
     try:
         created = int(loaded.source.stat().st_mtime)
@@ -445,26 +664,33 @@ def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_00
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses=ERRORS)
     async def health() -> dict:
         return {"status": "ok", "model": name, "chat": loaded.is_chat, "context": context, **batcher.load()}
+
+    if metrics is not None:
+        @app.get("/metrics", response_class=Response, responses={
+            **ERRORS, 200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+        async def prometheus() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card() -> dict:
         return {"id": name, "object": "model", "created": created, "owned_by": "planck"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str) -> dict:
         if model_id != name:
             raise APIError(404, f"model {model_id!r} not found: this server serves {name!r}", param="model",
                            code="model_not_found")
         return model_card()
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_class=Response, responses={**ERRORS, **JSON_OR_SSE})
     async def chat_completions(request: Request) -> Response:
+        arrived = time.monotonic()
         req: ChatRequest = await _parse(request, ChatRequest)
         if not loaded.is_chat:
             raise APIError(400, f"model {name} is a base (pretrain-only) model and has no chat template: "
@@ -479,32 +705,53 @@ def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_00
             check_messages(messages)  # the conversation's shape first, so any later PromptError means "too long"
         except PromptError as exc:
             raise APIError(400, str(exc), param="messages") from None
+        server.admit()  # before tokenizing: a full queue costs nothing
         try:
             # Tokenizing up to a megabyte of text: off the event loop, so streams keep flowing.
             ids, _dropped = await run_in_threadpool(chat_prompt, messages, context, params.max_tokens)
         except PromptError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        return await _answer(batcher, _job(req, ids, params), Reply(True, name), request)
+        return await server.answer(_job(req, ids, params), Reply(True, name), request, arrived)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_class=Response, responses={**ERRORS, **JSON_OR_SSE})
     async def completions(request: Request) -> Response:
+        arrived = time.monotonic()
         req: CompletionRequest = await _parse(request, CompletionRequest)
-        if req.echo:
-            raise APIError(400, "echo is not supported", param="echo")
-        params = _sampling(req, req.max_tokens, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
+        if (req.logprobs is not None or req.echo) and req.stream:
+            raise APIError(400, "logprobs and echo are answered whole: send them without stream", param="stream")
+        score_only = req.max_tokens == 0 and req.echo
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens 0: expected 1 to 1000000 (0 only with echo: the prompt's logprobs)",
+                           param="max_tokens")
+        params = _sampling(req, 1 if score_only else req.max_tokens, "max_tokens", COMPLETIONS_DEFAULT_MAX_TOKENS)
+        if score_only:
+            params.max_tokens = 0
+        server.admit()
         try:
-            ids = await run_in_threadpool(completion_prompt, req.prompt[0], context)
+            if isinstance(req.prompt, str):
+                ids = await run_in_threadpool(completion_prompt, req.prompt, context)
+                shown, text = len(ids) - 1, req.prompt
+            else:
+                ids = token_prompt(req.prompt, context, server.vocab)
+                shown = len(req.prompt)
+                text = server.decode(req.prompt) if req.echo else ""
         except PromptError as exc:
-            raise APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
-        return await _answer(batcher, _job(req, ids, params), Reply(False, name), request)
+            code = "context_length_exceeded" if "context" in str(exc) else None
+            raise APIError(400, str(exc), param="prompt", code=code) from None
+        job = _job(req, ids, params)
+        job.logprobs, job.echo, job.shown, job.prompt_text = req.logprobs, bool(req.echo), shown, text
+        return await server.answer(job, Reply(False, name), request, arrived)
 
     return app
 
 
-def run_server(app: FastAPI, host: str, port: int) -> None:
-    """Serve `app` with uvicorn until Ctrl-C."""
+def run_server(app: FastAPI, host: str, port: int, sock: socket.socket | None = None,
+               header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT, log_json: bool = False) -> None:
+    """Serve `app` with uvicorn until Ctrl-C (on `sock` when given: bound before the model loaded)."""
     shown = f"[{host}]" if ":" in host else host
+    log_to_stdout()
     print(f"planck serve: http://{shown}:{port} (model {app.state.model_name}, {app.state.slots} slots) - Ctrl-C stops",
           flush=True)
-    # Warnings only: no line per request. Open streams get a few seconds to end on Ctrl-C.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    config = server_config(app, host, port, AccessLog(log_json), header_timeout, body_timeout)
+    # Open streams get a few seconds to end on Ctrl-C.
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

@@ -14,6 +14,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator, Sequence
@@ -65,12 +66,17 @@ class TextDelta:
 
 @dataclass
 class Finished:
-    """The last event of a request. reason: stop (end token or stop string), length, cancelled or error."""
+    """The last event of a request. reason: stop (end token or stop string), length, cancelled, timeout
+    (waited in the queue longer than the batcher's queue_timeout) or error."""
 
     reason: str
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    # For logs, metrics and logprobs; not part of what makes two results equal.
+    completion_ids: list[int] = field(default_factory=list, compare=False)  # sampled tokens, stop tokens excluded
+    queued_s: float = field(default=0.0, compare=False)  # submit to taking a slot
+    first_token_s: float | None = field(default=None, compare=False)  # submit to the first sampled token
 
 
 Event = TextDelta | Finished
@@ -90,6 +96,10 @@ class Generation:
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
     done: bool = False
+    token_ids: list[int] = field(default_factory=list)
+    submitted: float = field(default_factory=time.monotonic)
+    admitted: float | None = None
+    first_token: float | None = None
 
     def cancel(self) -> None:
         """Stop generating; a Finished('cancelled') event follows unless it already finished."""
@@ -99,8 +109,9 @@ class Generation:
 class Batcher:
     """Owns an Engine; a background thread admits requests into free slots and steps all busy slots together."""
 
-    def __init__(self, engine: Engine, chat: bool = True):
+    def __init__(self, engine: Engine, chat: bool = True, queue_timeout: float | None = None):
         self.engine = engine
+        self.queue_timeout = queue_timeout  # seconds a request may wait for a slot; then it finishes as "timeout"
         # A chat model stops at the end of its turn; any model stops at <|endoftext|>.
         self.stop_ids = frozenset({ENDOFTEXT_ID, ASSISTANT_END_ID} if chat else {ENDOFTEXT_ID})
         tok = get_tokenizer()
@@ -195,6 +206,7 @@ class Batcher:
                 if self._closed:
                     break
             try:
+                self._expire()
                 self._admit()
                 self._drop_cancelled()
                 if any(self._slots):
@@ -203,6 +215,18 @@ class Batcher:
                 log.exception("engine step failed")
                 self._fail_all(f"{type(exc).__name__}: {exc}")
         self._fail_all(None)
+
+    def _expire(self) -> None:
+        """Finish requests that waited for a slot longer than queue_timeout (oldest first in the queue)."""
+        if self.queue_timeout is None:
+            return
+        cutoff = time.monotonic() - self.queue_timeout
+        expired = []
+        with self._wake:
+            while self._pending and self._pending[0].submitted < cutoff:
+                expired.append(self._pending.popleft())
+        for gen in expired:
+            self._finish(gen, "cancelled" if gen.cancelled.is_set() else "timeout")
 
     def _admit(self) -> None:
         """Prefill waiting requests into free slots."""
@@ -220,6 +244,7 @@ class Batcher:
             s.seed[slot], s.counter[slot] = gen.seed, 0
             s.temperature[slot], s.top_k[slot], s.top_p[slot] = p.temperature, p.top_k, p.top_p
             self._slots[slot] = gen
+            gen.admitted = time.monotonic()
             self._positions[slot] = len(gen.prompt_ids)
             token, _ = self.engine.prefill(slot, gen.prompt_ids, s)
             self._accept(slot, int(token))
@@ -240,10 +265,13 @@ class Batcher:
     def _accept(self, slot: int, token: int) -> None:
         """A slot sampled `token`: stream it, or finish the request."""
         gen = self._slots[slot]
+        if gen.first_token is None:
+            gen.first_token = time.monotonic()
         if token in gen.stop_ids:
             self._release(slot, "stop")
             return
         gen.completion_tokens += 1
+        gen.token_ids.append(token)
         self._sampling.counter[slot] = gen.completion_tokens
         self._next_tokens[slot] = token
         # Other special tokens (a chat token inside a base model's text, say) are not shown as text.
@@ -268,7 +296,10 @@ class Batcher:
             tail = gen.text.finish()
             if tail:
                 self._emit(gen, TextDelta(tail))
-        self._emit(gen, Finished(reason, len(gen.prompt_ids), gen.completion_tokens, error))
+        start = gen.admitted if gen.admitted is not None else time.monotonic()
+        first = None if gen.first_token is None else gen.first_token - gen.submitted
+        self._emit(gen, Finished(reason, len(gen.prompt_ids), gen.completion_tokens, error, gen.token_ids,
+                                 start - gen.submitted, first))
 
     def _emit(self, gen: Generation, event: Event) -> None:
         # A client's broken callback (its event loop gone, say) ends that request, not the engine.

@@ -199,9 +199,13 @@ BAD_REQUESTS = {
     "chat-too-long": (CHAT, {"messages": [{"role": "user", "content": LONG}]}, "messages", "context_length_exceeded"),
     "body-not-an-object": (CHAT, ["not", "an", "object"], None, None),
     "prompt-too-long": (COMPLETIONS, {"prompt": LONG}, "prompt", "context_length_exceeded"),
-    "echo": (COMPLETIONS, {"prompt": "hi", "echo": True}, "echo", None),
+    "logprobs-6": (COMPLETIONS, {"prompt": "hi", "logprobs": 6}, "logprobs", None),
+    "logprobs-stream": (COMPLETIONS, {"prompt": "hi", "logprobs": 1, "stream": True}, "stream", None),
+    "max-tokens-zero-without-echo": (COMPLETIONS, {"prompt": "hi", "max_tokens": 0}, "max_tokens", None),
     "two-prompts": (COMPLETIONS, {"prompt": ["one", "two"]}, "prompt", None),
-    "token-id-prompt": (COMPLETIONS, {"prompt": [1, 2, 3]}, "prompt[0]", None),
+    "two-token-prompts": (COMPLETIONS, {"prompt": [[1, 2], [3]]}, "prompt", None),
+    "token-id-out-of-range": (COMPLETIONS, {"prompt": [1, 10**6]}, "prompt", None),
+    "token-prompt-too-long": (COMPLETIONS, {"prompt": [11] * 200}, "prompt", "context_length_exceeded"),
     "prompt-missing": (COMPLETIONS, {"max_tokens": 5}, "prompt", None),
 }
 

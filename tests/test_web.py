@@ -84,3 +84,63 @@ def test_page_streams_a_reply_and_sends_the_history(server_url):
             browser.close()
     load = httpx.get(f"{server_url}/health").json()
     assert load["busy"] == 0 and load["waiting"] == 0
+
+
+@pytest.fixture(scope="module")
+def keyed_url(chat_checkpoint):
+    """The API behind --api-key, in this process (uvicorn in a thread)."""
+    import threading
+    import time
+
+    import uvicorn
+    from conftest import free_port
+
+    from planck.serve.api import ServeOptions, create_app
+    from planck.serve.batcher import Batcher
+    from planck.serve.engine import Engine
+    from planck.serve.guard import Access, AccessLog
+    from planck.serve.http import server_config
+    from planck.serve.weights import load_for_serving
+
+    loaded = load_for_serving(chat_checkpoint)
+    engine = Engine(loaded, slots=1)
+    engine.warm_up()
+    batcher = Batcher(engine, chat=True)
+    port = free_port()
+    app = create_app(batcher, loaded, options=ServeOptions(access=Access.for_bind("127.0.0.1", api_key="page-key")))
+    srv = uvicorn.Server(server_config(app, "127.0.0.1", port, AccessLog()))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        assert thread.is_alive()
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=20)
+    batcher.close()
+
+
+def test_page_asks_for_the_api_key_once_and_keeps_it(keyed_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            asked = []
+            page.on("dialog", lambda d: (asked.append(d.message), d.accept("page-key")))
+            page.goto(keyed_url)
+            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)  # /v1/models: 401, asked, retried
+            assert len(asked) == 1 and "API key" in asked[0]
+            assert page.evaluate("() => localStorage.getItem('planck-api-key')") == "page-key"
+            page.fill("#max_tokens", "5")
+            page.fill("#prompt", "Hello there")
+            page.click("#send")
+            page.wait_for_function("() => document.querySelectorAll('.message.assistant').length === 1 "
+                                   "&& document.body.dataset.state === 'idle'", timeout=60_000)
+            expect(page.locator(".message.error")).to_have_count(0)
+            page.reload()  # the key is kept: no second question
+            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
+            assert len(asked) == 1
+        finally:
+            browser.close()

@@ -89,6 +89,8 @@ def _train(args: argparse.Namespace) -> int:
     last = train(cfg, phase=args.phase, data=args.data, run_dir=args.run_dir, init_from=args.init_from,
                  show_progress=not args.quiet)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float) and k in ("loss", "val_loss", "val_bpb"))
+    if not summary and RunFolder(args.run_dir).is_finished():
+        summary = "already finished: nothing to do"
     run = RunFolder(args.run_dir)
     print(f"{args.run_dir}: done at step {last.get('step')}" + (f" ({summary})" if summary else "") + f"; weights in {run.final}"
           + (f"; report in {run.report}" if run.report.exists() else ""))

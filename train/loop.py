@@ -1,9 +1,10 @@
-"""The training loop, in four parts: set-up, restore, the step loop, finish.
+"""The training loop, in four parts: set-up, restore, the step loop, finish (`train` reads as this outline).
 
-    run = set_up(...)          # run folder checked, data opened, model + optimizer built and placed on the mesh
-    step = restore(run)        # the newest readable checkpoint (model, optimizer, loader position), or step 0
-    step_loop(run, step)       # train, log, evaluate, checkpoint; a NaN loss stops before anything is saved
-    finish(run)                # final/ weights, then the report card
+    r = set_up(...)            # run folder checked, data check started, model + optimizer built and placed on the mesh
+    r.data_check.join()        # every shard verified before step 1 (or one line naming the bad file)
+    step = restore(r)          # the newest good checkpoint (model, optimizer, loader position), or step 0
+    step_loop(r, step)         # train, log, evaluate, checkpoint; a NaN loss stops before anything is saved
+    save_final(...)            # final/ weights with their digest, then the report card
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ class Run:
     data_iter: Any
     model: GPT
     optimizer: nnx.Optimizer
-    checkpoints: Checkpoints
     data_check: DataCheck
     changes: dict[str, list[Any]] = field(default_factory=dict)  # settings changed on this resume
+    checkpoints: Checkpoints | None = None  # opened once the data check has passed
     tokens_seen: int = 0
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -77,12 +78,16 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) one phase into `run_dir`; returns the last logged metrics."""
     r = set_up(cfg, phase=phase, data=data, run_dir=run_dir, init_from=init_from)
+    report_data_check(r.data_check.join(), r.data_check.skipped)  # before step 1; ran while the model was built
+    r.checkpoints = Checkpoints(r.run.root, cfg.train.keep_checkpoints)  # after the data check: a refusal leaves no thread behind
     try:
         step = restore(r)
-        report_data_check(r.data_check.join(), r.data_check.skipped)  # before step 1; ran while the model was built
+        finished_before = step >= cfg.train.steps and r.run.is_finished()
         step_loop(r, step, show_progress)
         r.checkpoints.wait()
-        save_final(r.run.final, r.model, _final_meta(r, step=cfg.train.steps), r.devices.is_main)
+        if not finished_before:  # a finished run re-run keeps its final/ as it is
+            save_final(r.run.final, r.model, _final_meta(r, step=cfg.train.steps), r.devices.is_main)
+        r.last = r.last or {"step": step}
     finally:
         r.checkpoints.close()
     if r.devices.is_main:
@@ -123,7 +128,7 @@ def set_up(cfg: RunConfig, *, phase: str, data: Path, run_dir: Path, init_from: 
     optimizer = nnx.Optimizer(model, make_optimizer(cfg.optim, cfg.train.steps), wrt=nnx.Param)
     nnx.update((model, optimizer), devices.place(nnx.state((model, optimizer))))
     return Run(cfg, phase, run, folder, init_from, devices, tokens_per_step, train_src, val_src, data_iter, model,
-               optimizer, Checkpoints(run.root, cfg.train.keep_checkpoints), data_check, changes=changes)
+               optimizer, data_check, changes=changes)
 
 
 def choose_micro_batch(cfg: RunConfig, run: RunFolder) -> None:
@@ -131,6 +136,8 @@ def choose_micro_batch(cfg: RunConfig, run: RunFolder) -> None:
     micro-batch that cannot fit is refused before anything is allocated, naming the largest that can."""
     from .plan import HEADROOM, device_memory, largest_micro_batch, step_memory
 
+    if cfg.train.micro_batch != AUTO_MICRO_BATCH and jax.default_backend() != "gpu":
+        return  # nothing to choose, and a CPU's memory is the host's: no refusal up front
     budget = device_memory(cfg.train.device_memory_gb)
     if cfg.train.micro_batch == AUTO_MICRO_BATCH:
         if run.config.exists():  # a resumed run keeps the batch it started with (its loader position depends on it)

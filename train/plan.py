@@ -46,7 +46,7 @@ def device_memory(override_gb: float = 0.0) -> int | None:
     """Bytes one device can use: `override_gb` if set, a GPU's limit, a CPU host's available memory, else None."""
     if override_gb > 0:
         return int(override_gb * GB)
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}  # another process's devices cannot be asked
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     if jax.default_backend() == "cpu":
@@ -104,7 +104,9 @@ def largest_micro_batch(cfg: RunConfig, budget: int, limit: int = 4096) -> tuple
         other = max((n for n in measured if n != lo), key=lambda n: -abs(n - lo))
         slope = max((measured[other].peak - measured[lo].peak) / (other - lo), 1.0)
         probe = lo + int((usable - measured[lo].peak) // slope)
-        probe = min(max(probe, lo + 1), hi - 1)
+        # At most double what is known to fit: a bad slope (XLA's memory is only nearly affine) must not send the
+        # next compilation to a huge shape.
+        probe = min(max(probe, lo + 1), hi - 1, 2 * lo)
     return lo, measured[lo]
 
 

@@ -1,0 +1,57 @@
+"""The real-run commands on the CPU path: `planck speedrun` end to end (tiny, embedded data, resumable) and
+`make gpu-check`'s script at the tiny shape (so it cannot rot while no GPU runs it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def planck(*args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "planck.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
+    if check and proc.returncode:
+        raise AssertionError(f"planck {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_speedrun_runs_every_phase_and_a_rerun_continues_without_redoing(tmp_path):
+    args = ["speedrun", "--config", "tiny", "--source", "embedded", "--shards", tmp_path / "shards", "--runs",
+            tmp_path / "runs", "--workers", "1", "--set", "train.steps=3", "--set", "train.eval_batches=1",
+            "--set", "train.log_every=1"]
+    first = planck(*args)
+    assert "no estimate" in first.stdout  # a CPU has no known peak: said, not guessed
+    for phase in ("pretrain", "midtrain", "sft"):
+        assert (tmp_path / "runs" / phase / "final" / "model.json").is_file()
+        assert json.loads((tmp_path / "runs" / phase / "eval.json").read_text())["tasks"]["bpb"]["value"] > 0
+    assert (tmp_path / "runs" / "report.md").is_file()
+    midtrain = json.loads((tmp_path / "runs" / "midtrain" / "final" / "model.json").read_text())
+    assert midtrain["init_from"] == str(tmp_path / "runs" / "pretrain")
+    stamp = (tmp_path / "runs" / "sft" / "final" / "model.json").stat().st_mtime_ns
+    again = planck(*args)
+    assert again.stdout.count("already finished: nothing to do") == 3
+    assert (tmp_path / "runs" / "sft" / "final" / "model.json").stat().st_mtime_ns == stamp
+
+
+def test_speedrun_refuses_the_real_config_on_a_cpu(tmp_path):
+    proc = planck("speedrun", "--config", "planck150m", "--shards", tmp_path, "--runs", tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("planck: error: speedrun --config planck150m on a CPU")
+
+
+def test_gpu_check_runs_at_the_tiny_shape_on_a_cpu_and_writes_its_json(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(tmp_path), "--train-steps", "10",
+                           "--step-repeats", "2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["config"] == "tiny" and result["doctor"]["backend"] == "cpu"
+    for remat in ("remat_False", "remat_True"):
+        step = result["step"][remat]
+        assert step["tokens_per_s"] > 0 and step["compile_s"] > 0 and step["peak_rss_bytes"] > 0
+    assert result["training"]["steps"] == 10 and result["training"]["loss_fell"]
+    assert result["decode"]["decode_tok_s_batch1"] > 0 and result["decode"]["ttft_s"] > 0
+    assert "gpu-check: tiny on 1 x cpu" in proc.stdout and "flash attention: not on a GPU" in proc.stdout
