@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -52,9 +51,10 @@ _INTERRUPTED_HINT = {
 def disk_full_message(exc: OSError, args: argparse.Namespace) -> str:
     """One line for a full disk: the file (or the job's output) being written, the free space left there, and that finished work is kept."""
     out = exc.filename or getattr(args, "out", None) or getattr(args, "run_dir", None)
+    from planck.schemas.atomic import free_bytes
+
     target = Path(out) if out else Path.cwd()
-    folder = next((p for p in (target, *target.parents) if p.exists()), Path.cwd())
-    free = shutil.disk_usage(folder).free
+    free = free_bytes(target)
     return (f"no space left on device writing {target} ({free / 1e6:,.1f} MB free on that filesystem); nothing finished "
             "was lost (files are written under temporary names, then renamed): free space and re-run the same command")
 

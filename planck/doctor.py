@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
@@ -50,8 +49,9 @@ def pinned_versions() -> dict[str, str]:
 
 
 def _free_gb(path: Path) -> float:
-    folder = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), Path.cwd())
-    return shutil.disk_usage(folder).free / 1e9
+    from planck.schemas.atomic import free_bytes
+
+    return free_bytes(path) / 1e9
 
 
 def flash_attention(dtype: str) -> tuple[bool, str]:

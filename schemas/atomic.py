@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path`, or would hold it (its nearest existing parent)."""
+    path = Path(path).absolute()
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
+    return shutil.disk_usage(folder).free
 
 
 def fsync_dir(path: Path) -> None:

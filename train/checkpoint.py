@@ -57,14 +57,6 @@ def _no_space(exc: BaseException) -> bool:
     return False
 
 
-class _DropDiskFullTraceback(logging.Filter):
-    """orbax logs a full disk's traceback from its writer thread; the trainer reports it as one line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
-        return "no space left on device" not in text.lower()
-
-
 class Checkpoints:
     """runs/NAME/checkpoints/<step>/: a save interrupted by a crash stays a *.orbax-checkpoint-tmp folder that is never restored."""
 
@@ -81,8 +73,6 @@ class Checkpoints:
         self.pending: int | None = None  # the step of the asynchronous save in flight
         self.checkpoint_bytes = 0  # model + optimizer bytes of the last save, for the disk-full message
         self.broken = False
-        if not any(isinstance(f, _DropDiskFullTraceback) for f in logging.getLogger("absl").filters):
-            logging.getLogger("absl").addFilter(_DropDiskFullTraceback())
 
     def save(self, step: int, model, optimizer, data_iter, meta: dict[str, Any]) -> None:
         """Start an asynchronous save of `step` with its digest; errors of the previous save surface here."""
