@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
+import os
+from pathlib import Path
 
 import tiktoken
 
@@ -35,23 +38,71 @@ class TokenizerUnavailable(PlanckError, RuntimeError):
     """GPT-2's rank file could neither be downloaded nor found in tiktoken's cache."""
 
 
+# tiktoken's file for r50k_base: its sha256 (tiktoken checks the same), and the name tiktoken's
+# cache gives it (the sha1 of its download URL).
+BPE_FILE_NAME = "r50k_base.tiktoken"
+BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+BPE_CACHE_KEY = "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
+BPE_FILE_ENV = "PLANCK_BPE_FILE"
+
+
+def bpe_file_candidates() -> list[Path]:
+    """Where a copy of GPT-2's rank file is looked for before tiktoken downloads it, first match wins."""
+    found = [Path(os.environ[BPE_FILE_ENV])] if os.environ.get(BPE_FILE_ENV) else []
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if cache:
+        found.append(Path(cache) / BPE_CACHE_KEY)
+    # The checkout this code runs from (editable install) and the working directory: the
+    # Makefile's cache, and the offline copy in ../shared/tokenizer beside the checkout.
+    for root in dict.fromkeys([Path(__file__).resolve().parents[1], Path.cwd()]):
+        found += [root / ".cache" / "tiktoken" / BPE_CACHE_KEY, root.parent / "shared" / "tokenizer" / BPE_FILE_NAME]
+    return found
+
+
+def _local_ranks() -> dict[bytes, int] | None:
+    """GPT-2's ranks from the first local copy whose sha256 is right; None when there is none."""
+    named = os.environ.get(BPE_FILE_ENV)
+    for path in bpe_file_candidates():
+        try:
+            data = path.read_bytes()
+        except OSError:
+            if named and path == Path(named):
+                raise TokenizerUnavailable(f"{path} ({BPE_FILE_ENV}): cannot be read") from None
+            continue
+        if hashlib.sha256(data).hexdigest() != BPE_SHA256:
+            if named and path == Path(named):
+                raise TokenizerUnavailable(f"{path} ({BPE_FILE_ENV}): not GPT-2's {BPE_FILE_NAME} (its sha256 differs)")
+            continue  # a stale or partial copy elsewhere: keep looking
+        # tiktoken's format: one "base64(token) rank" pair per line.
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)}
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
     """GPT-2's encoding extended with the chat tokens (cached per process)."""
-    try:
-        base = tiktoken.get_encoding(BASE_ENCODING)
-    except Exception as exc:  # tiktoken raises requests' errors when offline
-        raise TokenizerUnavailable(
-            f"cannot load GPT-2's byte-pair ranks ({BASE_ENCODING}): {exc.__class__.__name__}. "
-            "Without internet, copy r50k_base.tiktoken into a folder as "
-            "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4 and set TIKTOKEN_CACHE_DIR to it "
-            "(`make tokenizer-cache` does this from ../shared/tokenizer)."
-        ) from exc
+    ranks = _local_ranks()
+    if ranks is None:
+        try:
+            base = tiktoken.get_encoding(BASE_ENCODING)
+        except Exception as exc:  # tiktoken raises requests' errors when offline
+            looked = ", ".join(str(p) for p in bpe_file_candidates())
+            raise TokenizerUnavailable(
+                f"cannot load GPT-2's byte-pair ranks ({BASE_ENCODING}): the download failed "
+                f"({exc.__class__.__name__}) and no local copy was found (looked in: {looked}). "
+                f"Without internet, get {BPE_FILE_NAME} (sha256 {BPE_SHA256[:12]}...) and set "
+                f"{BPE_FILE_ENV}=/path/to/{BPE_FILE_NAME}."
+            ) from None
+        ranks, pat_str, specials = base._mergeable_ranks, base._pat_str, base._special_tokens
+    else:
+        from tiktoken_ext.openai_public import r50k_pat_str  # the pattern tiktoken pairs with these ranks
+
+        pat_str, specials = r50k_pat_str, {ENDOFTEXT: ENDOFTEXT_ID}
     return tiktoken.Encoding(
         name=TOKENIZER_NAME,
-        pat_str=base._pat_str,
-        mergeable_ranks=base._mergeable_ranks,
-        special_tokens={**base._special_tokens, **CHAT_TOKENS},
+        pat_str=pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={**specials, **CHAT_TOKENS},
     )
 
 
