@@ -45,7 +45,8 @@ JAX_VERSION := $(shell sed -n 's/.*"jax==\([^"]*\)".*/\1/p' pyproject.toml)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	@# setuptools always tells an editable install to beware of same-named folders: our layout is built for it.
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
 $(VENV)/.accel-$(ACCEL): $(VENV)/.installed
