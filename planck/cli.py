@@ -64,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = ["planck", *(sys.argv[1:] if argv is None else argv)]  # recorded in manifests
     try:
-        return int(args.handler(args) or 0)
+        rc = int(args.handler(args) or 0)
+        sys.stdout.flush()  # output still buffered meets a closed pipe here, inside the handler below
+        return rc
+    except BrokenPipeError:
+        # `planck shards show ... | head`: the reader has gone, as with any Unix tool. Later flushes go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     except PlanckError as exc:
         print(f"planck: error: {exc}", file=sys.stderr)
         if getattr(exc, "exit_at_once", False):  # background writers would print tracebacks at shutdown
