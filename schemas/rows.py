@@ -25,7 +25,8 @@ PRETRAIN_DOCUMENT = pa.schema(
     ]
 )
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-CONVERSATION = pa.schema([("messages", pa.list_(MESSAGE))])
+# `label` (optional, KTO-style): false marks the reply as undesirable, and the row is skipped.
+CONVERSATION = pa.schema([("messages", pa.list_(MESSAGE)), ("label", pa.bool_())])
 MMLU = pa.schema(
     [
         ("question", pa.string()),
@@ -64,6 +65,7 @@ REQUIRED_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     "arc": [("question", "choices", "answerKey")],
 }
 ROLES = ("system", "user", "assistant")
+_AN = {"arc", "identity", "mmlu"}  # formats said with a vowel sound: an ARC, an identity, an MMLU source
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -72,6 +74,11 @@ def missing_columns(fmt: str, columns: list[str]) -> list[str]:
     have = set(columns)
     gaps = [[c for c in alt if c not in have] for alt in REQUIRED_COLUMNS[fmt]]
     return [] if any(not g for g in gaps) else gaps[0]
+
+
+def source_kind(fmt: str) -> str:
+    """'a pretrain source', 'an arc source': the format with its article, for messages."""
+    return f"{'an' if fmt in _AN else 'a'} {fmt} source"
 
 
 class RowError(ValueError):
@@ -123,7 +130,13 @@ def pretrain_text(row: Mapping[str, Any]) -> str:
 
 
 def conversation(row: Any) -> list[Message]:
-    """Validate a conversation row ({"messages": [...]} or a bare list of messages)."""
+    """Validate a conversation row ({"messages": [...]} or a bare list of messages); a KTO `label` of false is refused."""
+    if isinstance(row, Mapping) and row.get("label") is not None:
+        label = row["label"]
+        if label is False or (type(label) is int and label == 0):
+            raise RowError("undesirable_label", "label false: the reply is an example of what not to say")
+        if not (label is True or (type(label) is int and label == 1)):
+            raise RowError("bad_label", repr(label))
     messages = row if isinstance(row, list) else _field(row, "messages")
     if not isinstance(messages, list) or not messages:
         raise RowError("empty_conversation")

@@ -174,7 +174,7 @@ def test_stats_text_report_lists_skip_reasons(folders, capsys):
 
     rc, out, _ = run(capsys, "shards", "stats", folders["pretrain"])
     assert rc == 0
-    assert line_of(out, "local").endswith("empty:text 1, null:text 1")
+    assert line_of(out, "corpus").endswith("empty:text 1, null:text 1")  # named after its folder
     assert "document length (tokens)" in out
 
 

@@ -108,6 +108,7 @@ def test_hub_like_parquet_folder(planck, text_corpus, tmp_path, max_tokens, ran_
     assert m["tokenizer"]["vocab_size"] == 50263
     [src] = m["sources"]
     assert src["spec"].startswith(f"local: {text_corpus}")
+    assert src["name"] == "corpus", "a folder source is named after the folder"
     docs = documents(out)
     texts = valid_texts(corpus_rows(text_corpus))
     n_docs = len(docs["val"]) + len(docs["train"])
@@ -146,6 +147,7 @@ def test_jsonl_file_and_txt_glob(planck, tmp_path):
     planck(*pretrain_cmd(d / "rows.jsonl", out, "--max-tokens", "1M", "--val-tokens", "10", "--workers", "1"))
     m = manifest(out)
     [src] = m["sources"]
+    assert src["name"] == "rows", "a file source is named after the file"
     assert src["rows_read"] == 8 and src["documents"] == 4
     assert src["skipped"] == {"empty:text": 2, "null:text": 2}
     docs = documents(out)
@@ -165,6 +167,8 @@ def test_jsonl_file_and_txt_glob(planck, tmp_path):
     planck(*pretrain_cmd(f"{d}/*.txt", out, "--max-tokens", "1M", "--val-tokens", "5", "--workers", "1"))
     m = manifest(out)
     assert m["sources"][0]["spec"] == f"local: {d}/*.txt"
+    assert m["sources"][0]["name"] == "src", "a glob is named after the folder it starts in"
+    assert "txt_docs" in m["options"]["job"], "--txt-docs decides the bytes of a source with .txt files"
     assert m["sources"][0]["rows_read"] == 3 and m["sources"][0]["skipped"] == {}
     docs = documents(out)
     assert len(docs["val"]) == 1
@@ -328,9 +332,10 @@ def test_unreadable_file_in_a_hub_like_folder(planck, tmp_path, text_corpus):
                   check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    # The error line names the source folder (datasets' own log line names the file inside it).
-    assert f"planck: error: local: {text_corpus}" in proc.stderr
-    assert not (out / "manifest.json").exists()
+    # One line, naming the file inside the folder.
+    assert proc.stderr.startswith(f"planck: error: {text_corpus / 'train-00001-of-00002.parquet'}: cannot be read as parquet")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.exists(), "a job that failed before writing anything leaves no folder behind"
 
 
 # --- several machines ---------------------------------------------------------------------------
@@ -402,3 +407,144 @@ def test_pretrain_table_without_text_column_is_a_clear_error(tmp_path, planck):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "no column text" in proc.stderr and str(bad) in proc.stderr
+
+
+# --- folders of several file types, .txt documents, sources that keep nothing, offline ----------
+
+
+def _write_jsonl(path: Path, rows: list) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_folder_and_glob_read_every_file_type_in_sorted_order(planck, tmp_path):
+    import pyarrow as pa
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"text": "Parquet one.", "id": "1"}, {"text": "Parquet two.", "id": "2"}]), d / "a.parquet")
+    _write_jsonl(d / "b.jsonl", [{"text": "Lines one."}, {"text": ""}, {"text": "Lines two."}])
+    (d / "c.json").write_text(json.dumps([{"text": "A JSON list row."}]), encoding="utf-8")
+    (d / "d.txt").write_text("A text file.\nIts second line.\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([{"text": "Parquet after the others."}]), d / "e.parquet")
+    (d / "notes.csv").write_text("not,read\n")
+    expected = ["Parquet one.", "Parquet two.", "Lines one.", "Lines two.", "A JSON list row.",
+                "A text file.\nIts second line.\n", "Parquet after the others."]
+
+    out = tmp_path / "folder"
+    # With its progress bar: a local source has no known total, so no ETA built on the 3B default budget.
+    proc = planck("tokenize", "pretrain", "--source", d, "--out", out, "--val-tokens", "3", "--workers", "1")
+    m = manifest(out)
+    [src] = m["sources"]
+    assert src["name"] == "mixed"
+    assert src["rows_read"] == 8 and src["documents"] == 7 and src["skipped"] == {"empty:text": 1}
+    docs = documents(out)
+    check_documents(docs["val"] + docs["train"], expected)
+    # The file it does not read is named, not dropped without a word.
+    assert "notes.csv" in proc.stderr and "not read" in proc.stderr
+    final = proc.stderr.replace("\r", "\n").strip().splitlines()
+    bar = [line for line in final if line.startswith("tokenize mixed")][-1]
+    assert "docs=7" in bar, bar  # the figures of the summary, not of the last 64-row refresh
+    assert "/" not in bar.split("tok")[0] and "3.00G" not in proc.stderr
+
+    # The same files as a glob: the same documents.
+    glob_out = tmp_path / "glob"
+    planck(*pretrain_cmd(f"{d}/[a-e].*", glob_out, "--val-tokens", "3", "--workers", "1"))
+    assert bins(glob_out) == bins(out)
+    # A glob that names a type planck cannot read is refused with the file named.
+    refused = planck(*pretrain_cmd(f"{d}/*", tmp_path / "refused", "--workers", "1"), check=False)
+    assert refused.returncode == 1 and "notes.csv" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_hub_like_folder_reads_only_its_split(planck, tmp_path):
+    import pyarrow as pa
+
+    d = tmp_path / "mirror"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"text": "A training row."}]), d / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist([{"text": "A test row."}]), d / "test-00000-of-00001.parquet")
+    _write_jsonl(d / "test-extra.jsonl", [{"text": "A test row in JSON lines."}])
+    (d / "README.md").write_text("# a dataset card without configs\n")
+    out = tmp_path / "test"
+    planck(*pretrain_cmd(d, out, "--split", "test", "--val-tokens", "1", "--workers", "1"))
+    docs = documents(out)
+    check_documents(docs["val"] + docs["train"], ["A test row.", "A test row in JSON lines."])
+    missing = planck(*pretrain_cmd(d, tmp_path / "none", "--split", "validation", "--workers", "1"), check=False)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "no validation split" in missing.stderr and "train, test" in missing.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("file", ["One article.\nStill the first.\n\nThe second article.\n\n\nThird.\n"]),
+    ("line", ["One article.", "Still the first.", "The second article.", "Third."]),
+    ("blank-line", ["One article.\nStill the first.", "The second article.", "\nThird.\n"]),
+])
+def test_txt_docs_cuts_txt_files_into_documents(planck, tmp_path, mode, expected):
+    src = tmp_path / "articles.txt"
+    src.write_text("One article.\nStill the first.\n\nThe second article.\n\n\nThird.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    planck(*pretrain_cmd(src, out, "--txt-docs", mode, "--val-tokens", "1", "--workers", "1"))
+    docs = documents(out)
+    check_documents(docs["val"] + docs["train"], expected)
+    m = manifest(out)
+    assert m["options"]["job"]["txt_docs"] == mode
+    # Empty lines are rows without text: counted, not silently dropped.
+    assert m["sources"][0]["skipped"] == ({"empty:text": 3} if mode == "line" else {})
+    if mode == "line":
+        other = planck(*pretrain_cmd(src, out, "--txt-docs", "blank-line", "--val-tokens", "1", "--workers", "1"), check=False)
+        assert other.returncode == 1 and "other options" in other.stderr
+
+
+def test_txt_docs_without_txt_files_is_refused(planck, tmp_path):
+    src = tmp_path / "rows.jsonl"
+    _write_jsonl(src, [{"text": "prose"}])
+    proc = planck(*pretrain_cmd(src, tmp_path / "out", "--txt-docs", "line"), check=False)
+    assert proc.returncode == 1 and "no .txt files" in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["rows.json", "rows.jsonl"])
+def test_json_without_a_text_column_is_refused(planck, tmp_path, name):
+    src = tmp_path / name
+    rows = [{"content": f"prose {i}", "id": str(i)} for i in range(3)]
+    src.write_text(json.dumps(rows) if name.endswith(".json") else "".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    proc = planck(*pretrain_cmd(src, out, "--workers", "1"), check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"planck: error: {src}: no column text (it has content, id)")
+    assert "Traceback" not in proc.stderr and "--val-tokens" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_run_that_keeps_nothing_fails_and_publishes_nothing(planck, tmp_path):
+    src = tmp_path / "blank.jsonl"
+    _write_jsonl(src, [{"text": ""}, {"text": "  "}, {"text": None}])
+    out = tmp_path / "existing"
+    out.mkdir()  # a folder that was there before the job is never removed
+    proc = planck(*pretrain_cmd(src, out, "--workers", "1"), check=False)
+    assert proc.returncode == 1
+    assert "no usable document in 3 rows" in proc.stderr and "empty:text 2, null:text 1" in proc.stderr
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert planck("shards", "verify", out, check=False).returncode == 1
+
+
+def test_a_truncated_jsonl_line_is_named_by_file_and_line(planck, tmp_path):
+    src = tmp_path / "data.jsonl"
+    src.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(3)) + '{"text": "cut off in the mid\n')
+    proc = planck(*pretrain_cmd(src, tmp_path / "out", "--workers", "1"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], "one line, no duplicate from datasets"
+    assert proc.stderr.startswith(f"planck: error: {src} line 4: not valid JSON (")
+    assert "truncated?" in proc.stderr and "encoding" not in proc.stderr and "row 3" not in proc.stderr
+
+
+def test_offline_hub_fails_fast_with_what_to_do(planck, tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    # Nothing listens on port 9: `datasets` alone would retry for ~24 s before failing.
+    proc = planck("tokenize", "pretrain", "--out", out, "--quiet", check=False,
+                  env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.monotonic() - started < 12
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot reach the Hugging Face hub" in proc.stderr and "--source" in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.exists(), "a failed job leaves no empty output folder"

@@ -25,10 +25,10 @@ from planck.shards.writer import ShardWriter
 
 from .encode import render_chat_batch
 from .mixture import Mixture
-from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished, publish
+from .output import JobError, Progress, ShardOutput, build_manifest, clean_for_resume, finished, output_folder, publish
 from .parallel import WorkerPool
 from .progress_bar import progress_bar
-from .sources import SourceSpec, open_rows
+from .sources import HubUnreachable, SourceError, SourceSpec, open_rows
 
 BATCH_ROWS = 64
 
@@ -70,7 +70,10 @@ def _render_source(job: ChatJob, index: int, spec: SourceSpec, work: Path, pool:
         if meta["spec"] == wanted:
             return SourceEntry(**meta["entry"])
     entry = SourceEntry(spec.name, spec.describe(), spec.format, repeats=spec.repeats)
-    rows = itertools.islice(open_rows(spec), spec.max_rows)
+    try:
+        rows = itertools.islice(open_rows(spec), spec.max_rows)
+    except HubUnreachable as exc:
+        raise SourceError(f"{exc}; without the hub, read local files of the same schema: --source-path {spec.name}=PATH") from None
     batches = ((spec.format, list(b)) for b in iter(lambda: list(itertools.islice(rows, BATCH_ROWS)), []))
     bar = progress_bar(spec.max_rows, f"render {spec.name}", job.show_progress, unit="row")
     results = pool.map_ordered(render_chat_batch, batches)
@@ -112,9 +115,27 @@ def mixture_order(counts: list[int], repeats: list[int], val_rows: int, seed: in
 
 def run_chat(job: ChatJob) -> Manifest:
     """Render (or resume rendering) a chat mixture into `job.out`; returns the manifest."""
-    folder = Path(job.out)
-    folder.mkdir(parents=True, exist_ok=True)
     options = job.options()
+    with output_folder(job.out) as folder:
+        return _run(job, folder, options)
+
+
+def _refuse_empty_sources(specs: list[SourceSpec], entries: list[SourceEntry], rendered: list, work: Path) -> None:
+    """A source that kept no row is a mistake (wrong file, format or column names): stop before writing any shard."""
+    empty = [i for i, r in enumerate(rendered) if r.num_documents == 0]
+    if not empty:
+        return
+    lines = []
+    for i in empty:
+        e = entries[i]
+        skipped = ", ".join(f"{k} {v:,}" for k, v in sorted(e.skipped.items())) or "none"
+        lines.append(f"source {e.name!r} ({e.spec}) kept no rows: {e.rows_read:,} read, skipped: {skipped}")
+        for suffix in (".json", ".bin"):  # re-read it next time, once its path or format is fixed
+            (work / f"{i:02d}-{specs[i].name}{suffix}").unlink(missing_ok=True)
+    raise JobError("; ".join(lines) + "; nothing written: check that source's path and `format` (the skip reasons say what its rows lack)")
+
+
+def _run(job: ChatJob, folder: Path, options: dict[str, Any]) -> Manifest:
     done = finished(folder, options)
     if done is not None:
         return done
@@ -127,6 +148,7 @@ def run_chat(job: ChatJob) -> Manifest:
         rendered = [open_shard(work / f"{i:02d}-{s.name}.bin", verify=True) for i, s in enumerate(specs)]
     except ShardError as exc:
         raise JobError(f"intermediate shard damaged ({exc}); delete {work} and re-run") from None
+    _refuse_empty_sources(specs, entries, rendered, work)
 
     src_order, doc_order, n_val = mixture_order(
         [r.num_documents for r in rendered], [s.repeats for s in specs], job.val_rows, job.mixture.seed

@@ -40,11 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     pt.add_argument(
         "--source",
         default="HuggingFaceFW/fineweb-edu",
-        help="a Hugging Face dataset id (streamed), local .parquet/.jsonl/.txt files, a glob, a folder laid out "
-        "like a hub dataset, or 'embedded' (prose that ships with Python: works offline)",
+        help="a Hugging Face dataset id (streamed); a local .parquet/.jsonl/.json/.txt file, a glob of them, or a "
+        "folder (every file of those types, in sorted order; a folder laid out like a hub dataset, e.g. "
+        "train-00000-of-00002.parquet, reads the files of --split only); or 'embedded' (prose that ships with "
+        "Python: works offline)",
     )
     pt.add_argument("--config", help="dataset config (default for fineweb-edu: sample-10BT)")
-    pt.add_argument("--split", default="train", help="dataset split to read")
+    pt.add_argument("--split", default="train", help="dataset split to read (hub datasets and hub-like folders)")
+    pt.add_argument(
+        "--txt-docs", choices=("file", "line", "blank-line"), default="file",
+        help="what one document of a .txt file is: the whole file, each line, or each paragraph between blank lines",
+    )
     pt.add_argument("--out", type=Path, default=Path("shards/pretrain"), help="output folder")
     pt.add_argument("--max-tokens", type=_count, default=3_000_000_000, help="training tokens to write (3B, 50M, ...); documents stay whole, so the split ends at the document that reaches it")
     pt.add_argument(
@@ -72,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="read source NAME from local files or a folder of the same schema instead of the hub (repeatable)",
+        help="read source NAME from local files of the same schema instead of the hub: a file, a glob or a folder "
+        "(every .parquet/.jsonl/.json/.txt file; a hub-like folder's files of the source's split) (repeatable)",
     )
     ch.add_argument("--val-rows", type=_count, default=0, help="conversations held out for validation")
     ch.add_argument("--shard-tokens", type=_count, default=100_000_000, help="tokens per shard")
@@ -112,7 +119,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     job = PretrainJob(
         source=args.source, out=args.out, config=args.config, split=args.split, max_tokens=args.max_tokens,
         val_tokens=val, shard_tokens=args.shard_tokens, workers=args.workers, worker_index=args.worker_index,
-        num_workers=args.num_workers, command=args.command_line, show_progress=not args.quiet,
+        num_workers=args.num_workers, txt_docs=args.txt_docs, command=args.command_line, show_progress=not args.quiet,
     )
     manifest = run_pretrain(job)
     print(f"{args.out}: done\n{_summary(manifest)}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -24,6 +25,34 @@ from planck.shards.writer import ShardWriter
 
 class JobError(PlanckError, RuntimeError):
     """The output folder holds something this job must not overwrite or cannot resume."""
+
+
+@contextmanager
+def output_folder(folder: Path) -> Iterator[Path]:
+    """Create the job's folder (and missing parents); if the job fails, remove those it created while they are still empty.
+
+    A folder that existed before is never removed, and one holding anything (finished shards, a resume record,
+    rendered sources) stays for the re-run.
+    """
+    folder = Path(folder)
+    created = []
+    p = folder
+    while not p.exists():
+        created.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for p in [folder / ".work", *created]:  # deepest first
+            try:
+                p.rmdir()  # only ever removes an empty folder
+            except OSError:
+                if p != folder / ".work":
+                    break
+        raise
 
 
 def part_suffix(worker_index: int, num_workers: int) -> str:
