@@ -334,10 +334,12 @@ def test_hub_sources_and_the_hub_call_on_a_local_copy(files, monkeypatch):
         return real(str(files["arc_hub"]), split=split, streaming=streaming)
 
     monkeypatch.setattr(datasets, "load_dataset", hub)
+    monkeypatch.setattr("planck.tokenize.sources.hub_problem", lambda: None)  # the hub "answers" (offline test machines)
     items, skipped = read_rows(specs["arc_challenge"], rows.arc, limit=4)
     assert calls == [("allenai/ai2_arc", "ARC-Challenge", "test", True)]
     assert len(items) == 4 and items[1].question == "Which is a number?"
-    # A hub-like local folder is read at its test split.
+    # A hub-like local folder is read at its test split (through the real `datasets`).
+    monkeypatch.undo()
     items, skipped = read_rows(source_spec("arc_easy", str(files["arc_hub"])), rows.arc, limit=None)
     assert len(items) == 6 and skipped == Counter({"bad_answer_index": 1})
 
