@@ -341,3 +341,16 @@ def test_show_without_manifest_is_a_clear_error(folders, tmp_path, planck):
     proc = planck("shards", "show", folder, "--doc", "0", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"planck: error: {folder / 'manifest.json'}: missing")
+
+
+def test_show_into_a_closed_pipe_exits_quietly(folders):
+    """`planck shards show ... | head`: the reader leaves early; no BrokenPipeError traceback, the shell's 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "planck.cli", "shards", "show", str(folders["pretrain"]), "--doc", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    proc.stdout.close()  # before planck has written a byte (its imports take far longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

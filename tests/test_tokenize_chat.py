@@ -495,3 +495,94 @@ def test_builtin_demo_chat_set_is_valid_fixed_and_fits_tiny_windows():
     assert list(open_rows(SourceSpec("d", "conversation", path="builtin:demo_chat"))) == rows
     with pytest.raises(SourceError, match="unknown built-in set 'builtin:nope'"):
         open_rows(SourceSpec("d", "conversation", path="builtin:nope"))
+
+
+# --- labels, sources that keep nothing, folders, offline ------------------------------------------
+
+
+def _mix(tmp_path: Path, path, fmt: str = "conversation", name: str = "talk") -> Path:
+    mix = tmp_path / f"{name}.toml"
+    mix.write_text(f'[[source]]\nname = "{name}"\npath = "{path}"\nformat = "{fmt}"\n')
+    return mix
+
+
+def _turns(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Reply {i}."}]
+
+
+def test_kto_rows_marked_undesirable_are_skipped_and_counted(planck, tmp_path):
+    rows = [{"messages": _turns(i), "label": i % 3 != 0} for i in range(9)] + [{"messages": _turns(9)}]
+    src = tmp_path / "kto.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    proc = planck(*chat_cmd(_mix(tmp_path, src), out, "--workers", "1"))
+    [entry] = manifest(out)["sources"]
+    assert entry["rows_read"] == 10 and entry["documents"] == 7
+    assert entry["skipped"] == {"undesirable_label": 3}
+    assert "undesirable_label 3" in proc.stdout
+    enc = gpt2()
+    replies = {enc.decode(ids[(roles == ASSISTANT) & (ids < EOT)].tolist()) for split in read_docs(out).values() for _, ids, roles in split}
+    assert replies == {f"Reply {i}." for i in (1, 2, 4, 5, 7, 8, 9)}, "only the wanted replies are trained on"
+
+
+def test_a_chat_run_that_keeps_nothing_fails_and_leaves_no_folder(planck, tmp_path):
+    src = tmp_path / "unanswered.jsonl"
+    src.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"hi {i}"}]}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    proc = planck(*chat_cmd(_mix(tmp_path, src), out, "--workers", "1"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "'talk'" in proc.stderr and "kept no rows" in proc.stderr and "no_final_assistant 5" in proc.stderr
+    assert not out.exists(), "nothing was written, so the folder the job made is gone"
+
+
+def test_a_json_list_without_the_formats_column_is_refused(planck, tmp_path):
+    src = tmp_path / "pairs.json"
+    src.write_text(json.dumps([{"prompt": "hi", "completion": "hello"}] * 4))
+    proc = planck(*chat_cmd(_mix(tmp_path, src), tmp_path / "out", "--workers", "1"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"planck: error: {src}: no column messages (it has prompt, completion); a conversation source")
+    wrong = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"question": ["q"]}), wrong)
+    proc = planck(*chat_cmd(_mix(tmp_path, wrong, "arc"), tmp_path / "out", "--workers", "1"), check=False)
+    assert "an arc source has this schema" in proc.stderr
+
+
+def test_a_folder_source_path_reads_every_file_type(planck, tmp_path, chat_files):
+    d = tmp_path / "smol"
+    d.mkdir()
+    shutil.copy(chat_files["smoltalk"], d / "part-a.parquet")  # 40 good rows, 3 bad
+    (d / "part-b.jsonl").write_text("".join(json.dumps({"messages": _turns(100 + i)}) + "\n" for i in range(5)))
+    out = tmp_path / "out"
+    # With the bars: rows are whole numbers.
+    proc = planck("tokenize", "chat", "--mixture", "sft", "--out", out, "--workers", "1", "--source-path", f"smoltalk={d}/",
+                  *[a for n in ("arc_easy", "arc_challenge") for a in ("--source-path", f"{n}={chat_files['arc']}")],
+                  "--source-path", f"gsm8k={chat_files['gsm8k']}")
+    by_name = {s["name"]: s for s in manifest(out)["sources"]}
+    assert by_name["smoltalk"]["rows_read"] == 48 and by_name["smoltalk"]["documents"] == 45
+    assert re.search(r"render smoltalk: 100%.* 48/48 ", proc.stderr.replace("\r", "\n")), proc.stderr  # ran out before max_rows
+    assert not re.search(r"\d\.\drow", proc.stderr)
+
+
+def test_eval_reads_the_test_split_of_a_hub_like_folder(tmp_path, chat_files):
+    from planck.eval.sources import source_spec
+    from planck.tokenize.sources import open_rows
+
+    d = tmp_path / "ARC-Easy"
+    d.mkdir()
+    shutil.copy(chat_files["arc"] / "train-00000-of-00001.parquet", d)
+    test_rows = [{"id": f"t{i}", "question": f"Test question {i}?", "answerKey": "A",
+                  "choices": {"text": ["yes", "no"], "label": ["A", "B"]}} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(test_rows[:2]), d / "test-00000-of-00001.parquet")
+    (d / "test-00001-of-00001.jsonl").write_text(json.dumps(test_rows[2]) + "\n")
+    rows = list(open_rows(source_spec("arc_easy", str(d))))
+    assert [r["id"] for r in rows] == ["t0", "t1", "t2"], "the test split, every file type, no training rows"
+
+
+def test_offline_hub_fails_fast_and_suggests_source_path(planck, tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = planck(*chat_cmd("sft", out, "--workers", "1"), check=False, env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.monotonic() - started < 12, "no half-minute of retries"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "cannot reach the Hugging Face hub" in proc.stderr and "--source-path arc_easy=PATH" in proc.stderr
+    assert not out.exists()

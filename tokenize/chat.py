@@ -88,6 +88,9 @@ def _render_source(job: ChatJob, index: int, spec: SourceSpec, work: Path, pool:
                         w.add(result[0], result[1], index)
                 bar.update(len(batch))
             w.close()
+        if bar.total is not None and bar.n < bar.total:  # the source ran out before max_rows: end the bar full
+            bar.total = bar.n
+            bar.refresh()
     finally:
         bar.close()
         results.close()
