@@ -66,31 +66,52 @@ def _eval(args: argparse.Namespace) -> int:
     from planck.model.weights import resolve
     from planck.serve.weights import load_for_serving
 
-    from .report import eval_json_path, format_table, jsonable, merge_eval_json
-    from .tasks import Context, run_task
+    from .report import eval_json_path, format_table, jsonable, merge_eval_json, nothing_scored
+    from .tasks import Context, PreparedRows, run_task
 
     resolve(args.checkpoint)  # a wrong path fails before any rows are read
     # Every task's rows and files first: a bad file or an unreachable hub fails before the model loads.
     prepared = {name: TASKS[name].prepare(name, settings) for name in names}
+    out_path = eval_json_path(args.checkpoint)
+    # A task that scores nothing fails, and its n-0 result never replaces an earlier score in eval.json.
+    failed = {name: nothing_scored(name, p.reader.read, p.reader.skipped)
+              for name, p in prepared.items() if isinstance(p, PreparedRows) and p.empty}
+    if len(failed) == len(names):
+        raise EvalError(_failure_line(failed, out_path))  # before the model loads: nothing could be scored
     loaded = load_for_serving(args.checkpoint)
     model_info = {"name": loaded.name, "phase": loaded.meta.get("phase"), "step": loaded.meta.get("step"),
                   "chat": loaded.is_chat, "dtype": loaded.config.compute_dtype}
-    out_path = eval_json_path(args.checkpoint)
     ctx = Context(loaded, settings)
     summaries: dict[str, dict] = {}
     try:
         for name in names:
-            summaries[name] = jsonable(run_task(name, prepared.pop(name), ctx).summary)
+            if name in failed:
+                continue
+            summary = jsonable(run_task(name, prepared.pop(name), ctx).summary)
+            if summary.get("n") == 0:
+                failed[name] = nothing_scored(name, summary.get("read", 0), summary.get("skipped") or {})
+                continue
+            summaries[name] = summary
             if out_path is not None:  # after every task: a long run keeps what it finished
                 merge_eval_json(out_path, {name: summaries[name]}, str(loaded.source), model_info)
     finally:
         ctx.close()
-    if args.json:
-        print(json.dumps({"checkpoint": str(loaded.source), "model": model_info, "tasks": summaries}, indent=2))
-    else:
+    if summaries and args.json:
+        print(json.dumps({"checkpoint": str(loaded.source), "model": model_info, "tasks": summaries,
+                          **({"failed": failed} if failed else {})}, indent=2))
+    elif summaries:
         print(f"{loaded.source} ({'chat' if loaded.is_chat else 'base'} model, {loaded.meta.get('phase')} "
               f"step {loaded.meta.get('step')})")
         print(format_table(summaries))
         if out_path is not None:
             print(f"results merged into {out_path}")
+    if failed:
+        sys.stdout.flush()
+        raise EvalError(_failure_line(failed, out_path))
     return 0
+
+
+def _failure_line(failed: dict[str, str], out_path: Path | None) -> str:
+    """One line for the tasks that scored nothing, and that eval.json kept what it had for them."""
+    kept = f"; {out_path} keeps its earlier results for {'it' if len(failed) == 1 else 'them'}" if out_path else ""
+    return "; ".join(failed.values()) + kept

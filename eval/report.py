@@ -20,6 +20,12 @@ def _num(value: Any, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _skip(reason: str, count: int, summary: dict) -> str:
+    if reason == "too_long" and summary.get("context"):
+        return f"too_long {count:,} (prompt over the {summary['context']:,}-token context)"
+    return f"{reason} {count:,}"
+
+
 def format_table(summaries: dict[str, dict]) -> str:
     """One line per task (task, metric, value, baseline, n, seconds), extra lines for val loss, skips and samples."""
     head = f"{'task':<14} {'metric':<9} {'value':>9} {'baseline':>9} {'n':>8} {'seconds':>9}"
@@ -32,7 +38,7 @@ def format_table(summaries: dict[str, dict]) -> str:
         if "val_loss" in s:
             lines.append(f"{'':<14} {'val_loss':<9} {_num(s['val_loss']):>9} {_num(s.get('val_loss_baseline')):>9}")
         if s.get("skipped"):
-            lines.append(f"{'':<14} skipped: " + ", ".join(f"{k} {v:,}" for k, v in s["skipped"].items()))
+            lines.append(f"{'':<14} skipped: " + ", ".join(_skip(k, v, s) for k, v in s["skipped"].items()))
     for task, s in summaries.items():
         if s.get("samples"):
             lines += ["", f"{task}:"]
@@ -42,6 +48,14 @@ def format_table(summaries: dict[str, dict]) -> str:
                 body = item["completion"].strip() or "(empty)"
                 lines += ["    " + line for line in body.splitlines()]
     return "\n".join(lines)
+
+
+def nothing_scored(task: str, read: int, skipped: dict[str, int]) -> str:
+    """Why a task scored no rows, in words: how many rows were read and how many were rejected for what."""
+    if not read:
+        return f"{task} scored nothing: its source has no rows"
+    why = ", ".join(f"{reason} {count:,}" for reason, count in sorted(skipped.items()))
+    return f"{task} scored nothing: {read:,} row{'s' if read != 1 else ''} read, all rejected ({why or 'no reason recorded'})"
 
 
 def eval_json_path(checkpoint: Path) -> Path | None:

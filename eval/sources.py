@@ -30,16 +30,38 @@ def source_spec(task: str, local_path: str | None = None) -> SourceSpec:
     return SourceSpec(name=task, format=fmt, path=local_path, split=split)
 
 
+class RowReader:
+    """A source's valid rows, parsed and read on demand; invalid ones are counted by reason, not scored.
+
+    Reading stops where the caller stops (`--limit`), so a hub stream is not read to its end, and a
+    task whose rows turn out too long for the model's context can read on for more.
+    """
+
+    def __init__(self, spec: SourceSpec, parse: Callable[[Any], T]):
+        self.spec, self._parse = spec, parse
+        self._rows = iter(open_rows(spec))
+        self.read = 0  # rows taken from the source, valid or not
+        self.skipped: Counter = Counter()
+        self.ended = False
+
+    def take(self, n: int | None) -> list[T]:
+        """Up to `n` more valid rows (every remaining one when n is None)."""
+        out: list[T] = []
+        while n is None or len(out) < n:
+            try:
+                row = next(self._rows)
+            except StopIteration:
+                self.ended = True
+                break
+            self.read += 1
+            try:
+                out.append(self._parse(row))
+            except RowError as exc:
+                self.skipped[exc.reason] += 1
+        return out
+
+
 def read_rows(spec: SourceSpec, parse: Callable[[Any], T], limit: int | None) -> tuple[list[T], Counter]:
     """The first `limit` valid rows of a source (all without a limit), parsed; invalid rows are counted by reason, not scored."""
-    items: list[T] = []
-    skipped: Counter = Counter()
-    for row in open_rows(spec):
-        try:
-            items.append(parse(row))
-        except RowError as exc:
-            skipped[exc.reason] += 1
-            continue
-        if limit is not None and len(items) >= limit:
-            break  # stop streaming from the hub as soon as enough rows were read
-    return items, skipped
+    reader = RowReader(spec, parse)
+    return reader.take(limit), reader.skipped

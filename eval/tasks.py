@@ -7,6 +7,7 @@ loaded, so a bad file or an unreachable hub fails in seconds, not after compilat
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,21 +74,67 @@ class Context:
             self._batcher = None
 
 
-# ---- multiple choice ---------------------------------------------------------------------------
+# ---- rows: multiple choice and gsm8k --------------------------------------------------------
 
-def _prepare_rows(name: str, settings: Settings, parse: Callable) -> tuple[list, Any, Any]:
+@dataclass
+class PreparedRows:
+    """A row task's first valid rows (read before the model loads) and the reader to read on from."""
+
+    items: list
+    reader: Any  # sources.RowReader
+
+    @property
+    def empty(self) -> bool:
+        """True when the source has ended without one valid row: nothing can be scored."""
+        return not self.items and self.reader.ended
+
+
+def _prepare_rows(name: str, settings: Settings, parse: Callable) -> PreparedRows:
     from planck.tokenize.sources import SourceError
 
-    from .sources import read_rows, source_spec
+    from .sources import RowReader, source_spec
 
     spec = source_spec(name, settings.source_paths.get(name))
     try:
-        items, skipped = read_rows(spec, parse, settings.limit)
+        reader = RowReader(spec, parse)
+        items = reader.take(settings.limit)
     except SourceError as exc:
         if spec.path is not None:
             raise
         raise SourceError(f"{exc}; without the hub, read local files of the same schema: --source-path {name}=PATH") from None
-    return items, skipped, spec
+    return PreparedRows(items, reader)
+
+
+def _fitting(prepared: PreparedRows, limit: int | None, prompt_of: Callable, fits: Callable[[list[int]], bool]):
+    """The rows whose prompt fits the context: (row numbers, rows, prompts, rows too long).
+
+    --limit counts scored rows: while rows too long for the context leave fewer than the limit,
+    more are read from the source until enough fit or it ends.
+    """
+    numbers, kept, prompts, too_long = [], [], [], 0
+    batch, seen = prepared.items, 0
+    while True:
+        for item in batch:
+            p = prompt_of(item)
+            if fits(p):
+                numbers.append(seen)
+                kept.append(item)
+                prompts.append(p)
+            else:
+                too_long += 1
+            seen += 1
+        if limit is None or len(kept) >= limit or prepared.reader.ended:
+            return numbers, kept, prompts, too_long
+        batch = prepared.reader.take(limit - len(kept))
+
+
+def _row_summary(prepared: PreparedRows, too_long: int, context: int) -> dict[str, Any]:
+    """What every row task reports about its rows: how many were read, and the rejected ones by reason."""
+    skipped = Counter(prepared.reader.skipped)
+    if too_long:
+        skipped["too_long"] += too_long
+    return {"read": prepared.reader.read, "skipped": dict(sorted(skipped.items())), "context": context,
+            "source": prepared.reader.spec.describe()}
 
 
 def _prepare_multiple_choice(name: str, settings: Settings):
@@ -97,26 +144,26 @@ def _prepare_multiple_choice(name: str, settings: Settings):
     return _prepare_rows(name, settings, PARSERS[HUB_SOURCES[name][0]])
 
 
-def _run_multiple_choice(name: str, prepared, ctx: Context) -> TaskResult:
+def _run_multiple_choice(name: str, prepared: PreparedRows, ctx: Context) -> TaskResult:
     from . import multiple_choice as mc
 
-    items, skipped, spec = prepared
+    chat, context = ctx.loaded.is_chat, ctx.loaded.config.seq_len
+    # Cutting the start of a prompt would cut the question; rows longer than the context are counted, not scored.
+    numbers, items, prompts, too_long = _fitting(prepared, ctx.settings.limit, lambda row: mc.prompt_ids(row, chat),
+                                                 lambda p: len(p) <= context)
     with ctx.progress(len(items), name, "row") as bar:
-        scored, kept, too_long = mc.evaluate(items, ctx.loaded, ctx.settings.batch_size, bar)
-    if too_long:
-        skipped["too_long"] += too_long
+        logits = mc.letter_logits(ctx.loaded, prompts, mc.letter_ids(chat), ctx.settings.batch_size, bar) if items else []
+    scored = mc.score(items, logits)
     details = [
         {"row": i, "prediction": p, "answer": a, "correct": p == a}
-        for i, p, a in zip(kept, scored.predictions, scored.answers)
+        for i, p, a in zip(numbers, scored.predictions, scored.answers)
     ]
     return TaskResult(
-        {"metric": "accuracy", "value": scored.accuracy, "baseline": scored.baseline, "n": len(kept),
-         "correct": scored.correct, "skipped": dict(sorted(skipped.items())), "source": spec.describe()},
+        {"metric": "accuracy", "value": scored.accuracy, "baseline": scored.baseline, "n": len(items),
+         "correct": scored.correct, **_row_summary(prepared, too_long, context)},
         details,
     )
 
-
-# ---- gsm8k -------------------------------------------------------------------------------------
 
 def _prepare_gsm8k(name: str, settings: Settings):
     from planck.schemas import rows
@@ -124,30 +171,27 @@ def _prepare_gsm8k(name: str, settings: Settings):
     return _prepare_rows(name, settings, rows.gsm8k)
 
 
-def _run_gsm8k(name: str, prepared, ctx: Context) -> TaskResult:
+def _run_gsm8k(name: str, prepared: PreparedRows, ctx: Context) -> TaskResult:
     from planck.serve.batcher import SamplingParams
 
     from . import gsm8k
     from .generate import generate_all
 
-    items, skipped, spec = prepared
     chat, context = ctx.loaded.is_chat, ctx.loaded.config.seq_len
-    prompts = [gsm8k.prompt_ids(q, chat) for q, _ in items]
     # The engine needs room for at least one new token after the prompt.
-    kept = [i for i, p in enumerate(prompts) if len(p) < context]
-    if len(kept) < len(items):
-        skipped["too_long"] += len(items) - len(kept)
+    numbers, items, prompts, too_long = _fitting(prepared, ctx.settings.limit, lambda row: gsm8k.prompt_ids(row[0], chat),
+                                                 lambda p: len(p) < context)
     params = SamplingParams(temperature=0.0, max_tokens=ctx.settings.max_new_tokens, seed=ctx.settings.seed)
-    with ctx.progress(len(kept), name, "row") as bar:
-        texts = generate_all(ctx.batcher, [prompts[i] for i in kept], params, () if chat else gsm8k.BASE_STOP, bar)
-    scored = gsm8k.score([items[i][1] for i in kept], texts)
+    with ctx.progress(len(items), name, "row") as bar:
+        texts = generate_all(ctx.batcher, prompts, params, () if chat else gsm8k.BASE_STOP, bar) if items else []
+    scored = gsm8k.score([answer for _, answer in items], texts)
     details = [
-        {"row": i, "question": items[i][0], "reference": r, "prediction": p, "correct": p is not None and p == r, "text": t}
-        for i, r, p, t in zip(kept, scored.references, scored.predictions, texts)
+        {"row": i, "question": q, "reference": r, "prediction": p, "correct": p is not None and p == r, "text": t}
+        for i, (q, _), r, p, t in zip(numbers, items, scored.references, scored.predictions, texts)
     ]
     return TaskResult(
-        {"metric": "accuracy", "value": scored.accuracy, "baseline": 0.0, "n": len(kept), "correct": scored.correct,
-         "skipped": dict(sorted(skipped.items())), "source": spec.describe(), "max_new_tokens": ctx.settings.max_new_tokens},
+        {"metric": "accuracy", "value": scored.accuracy, "baseline": 0.0, "n": len(items), "correct": scored.correct,
+         **_row_summary(prepared, too_long, context), "max_new_tokens": ctx.settings.max_new_tokens},
         details,
     )
 

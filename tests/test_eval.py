@@ -96,13 +96,13 @@ def test_letter_ids_are_the_forms_the_answers_take():
 
 
 def test_rows_are_validated_and_bad_ones_counted(files):
-    items, skipped, spec = _rows("arc_easy", files["arc"])
-    assert len(items) == 6 and skipped == Counter({"bad_answer_index": 1})
+    prepared = _rows("arc_easy", files["arc"])
+    items, reader = prepared.items, prepared.reader
+    assert len(items) == 6 and reader.skipped == Counter({"bad_answer_index": 1}) and reader.read == 7
     assert [mc.answer for mc in items] == [0, 1, 2, 2, 1, 0] and len(items[1].choices) == 3
-    assert spec.describe() == f"local: {files['arc']}"
-    items, _, _ = _rows("arc_easy", files["arc"], limit=2)
-    assert len(items) == 2
-    items, _, _ = _rows("mmlu", files["mmlu"])
+    assert reader.spec.describe() == f"local: {files['arc']}"
+    assert len(_rows("arc_easy", files["arc"], limit=2).items) == 2
+    items = _rows("mmlu", files["mmlu"]).items
     assert [mc.subject for mc in items][0] == "elementary_mathematics" and items[3].answer == 1
 
 
@@ -115,7 +115,7 @@ def test_predictions_are_the_argmax_letter_of_a_direct_forward_pass(which, files
     from planck.eval import multiple_choice as mc
 
     loaded = chat_model if which == "chat" else base_model
-    items, _, _ = _rows("mmlu", files["mmlu"])
+    items = _rows("mmlu", files["mmlu"]).items
     scored, kept, too_long = mc.evaluate(items, loaded, batch_size=4)
     assert kept == list(range(5)) and too_long == 0
     letters = mc.letter_ids(loaded.is_chat)
@@ -138,7 +138,7 @@ def test_predictions_are_the_argmax_letter_of_a_direct_forward_pass(which, files
 def test_batched_and_padded_scoring_equals_one_prompt_at_a_time(files, chat_model):
     from planck.eval import multiple_choice as mc
 
-    items, _, _ = _rows("mmlu", files["mmlu"])
+    items = _rows("mmlu", files["mmlu"]).items
     prompts = [mc.prompt_ids(it, True) for it in items]
     scorer1, scorer4 = mc.LetterScorer(chat_model, 1), mc.LetterScorer(chat_model, 4)
     assert len({scorer4.bucket(len(p)) for p in prompts}) == 2  # two bucket lengths, and a short last batch
@@ -176,13 +176,22 @@ def test_scoring_takes_the_best_valid_letter_and_reports_the_random_baseline(fil
     assert s["skipped"] == {"bad_answer_index": 1}
 
     # A context too short for some prompts: those rows are counted as too long and never scored.
-    lengths = [len(mc.prompt_ids(it, True)) for it in prepared[0]]
+    lengths = [len(mc.prompt_ids(it, True)) for it in prepared.items]
     fake.config.seq_len = sorted(lengths)[2]
     prepared = _rows("arc_easy", files["arc"])
     result = TASKS["arc_easy"].run("arc_easy", prepared, Context(fake, Settings(show_progress=False)))
     too_long = sum(n > fake.config.seq_len for n in lengths)
     assert too_long > 0 and seen["n"] == 6 - too_long == result.summary["n"]
     assert result.summary["skipped"] == {"bad_answer_index": 1, "too_long": too_long}
+
+    # --limit counts scored rows: rows too long for the context do not use it up, more are read instead.
+    fits = [i for i, n in enumerate(lengths) if n <= fake.config.seq_len]
+    limit = len(fits)
+    assert fits[-1] >= limit  # some of the first `limit` rows are too long
+    settings = Settings(limit=limit, show_progress=False)
+    result = TASKS["arc_easy"].run("arc_easy", _rows("arc_easy", files["arc"], limit=limit), Context(fake, settings))
+    assert result.summary["n"] == limit and [d["row"] for d in result.details] == fits
+    assert result.summary["skipped"]["too_long"] == fits[-1] + 1 - limit
 
 
 # ---- GSM8K -------------------------------------------------------------------------------------
@@ -240,7 +249,7 @@ def test_gsm8k_scores_the_final_number_of_each_generation(chat, files):
     from planck.eval.tasks import TASKS, Context, Settings
 
     prepared = _rows("gsm8k", files["gsm8k"])
-    assert len(prepared[0]) == 3 and prepared[1] == Counter({"no_final_number": 1})
+    assert len(prepared.items) == 3 and prepared.reader.skipped == Counter({"no_final_number": 1})
     fake = FakeBatcher({
         "Ann has 2 pens": "2 + 3 = 5 pens.\n#### 5",
         "1,200 apples": "1,200 * 2 = 2,400.",  # right, written with a comma
@@ -355,6 +364,7 @@ def test_cli_json_results_and_eval_json_merge(files, tmp_path, chat_checkpoint, 
     import shutil
 
     from planck.cli import main
+    from planck.eval.report import merge_eval_json
 
     run = tmp_path / "run"
     shutil.copytree(chat_checkpoint / "final", run / "final")
@@ -381,6 +391,27 @@ def test_cli_json_results_and_eval_json_merge(files, tmp_path, chat_checkpoint, 
     assert set(merged["tasks"]) == {"arc_easy", "sample", "gsm8k"}
     assert merged["tasks"]["gsm8k"]["n"] == 2 and merged["tasks"]["arc_easy"] == arc
     assert not list(run.glob("*.tmp"))
+
+    # Tasks that score nothing (every ARC row rejected; every MMLU prompt longer than the context) fail in one line
+    # that says why, and keep the good earlier scores; the task of the same invocation that scored is still merged.
+    bad_arc = tmp_path / "bad_arc.jsonl"
+    bad_arc.write_text("".join(json.dumps({**r, "answerKey": "Z"}) + "\n" for r in ARC_ROWS))
+    long_mmlu = tmp_path / "long_mmlu.jsonl"
+    long_mmlu.write_text(json.dumps({**MMLU_ROWS[0], "question": LONG_QUESTION * 3}) + "\n")
+    merge_eval_json(run / "eval.json", {"mmlu": {"metric": "accuracy", "value": 0.5, "n": 4}}, "earlier", {})
+    before = json.loads((run / "eval.json").read_text())["tasks"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--tasks", "arc_easy,mmlu,sample", "--source-path", f"arc_easy={bad_arc}",
+                 "--source-path", f"mmlu={long_mmlu}", "--limit", "1", "--seed", "7"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("planck")]
+    assert len(err) == 1 and "arc_easy scored nothing: 7 rows read, all rejected (bad_answer_index 7)" in err[0], err
+    assert "mmlu scored nothing: 1 row read, all rejected (too_long 1)" in err[0] and "keeps its earlier results" in err[0]
+    after = json.loads((run / "eval.json").read_text())["tasks"]
+    assert after["arc_easy"] == before["arc_easy"] == arc and after["mmlu"] == before["mmlu"]
+    assert after["sample"] != before["sample"] and after["sample"]["n"] == 1  # the task that scored was merged
+    # Nothing at all to score: the same line, before the model is even loaded.
+    assert main(["eval", "--checkpoint", str(run), "--tasks", "arc_easy", "--source-path", f"arc_easy={bad_arc}"]) == 1
+    assert json.loads((run / "eval.json").read_text())["tasks"] == after
 
 
 @pytest.mark.parametrize(
