@@ -27,6 +27,10 @@ class ModelConfig:
     logit_softcap: float = 15.0
     compute_dtype: str = "bfloat16"  # params stay float32; matmuls run in this dtype
     remat: bool = False  # jax.checkpoint per block: less activation memory, ~30% more compute
+    # How q/k/v/up start: "uniform_fan_in" (std 1/sqrt(fan_in)) or "original" (the original PlanckGPT's
+    # normal, std 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))); see README "Differences from the original".
+    init: str = "uniform_fan_in"
+    head_init_std: float = 0.001  # the output head's normal init; 0: zeros (the original)
 
     def validate(self) -> None:
         """Raise ConfigError on a wrong type or a value the model cannot be built with (checked before anything is allocated)."""
@@ -45,6 +49,8 @@ class ModelConfig:
             raise ConfigError("model.n_head must be a multiple of model.n_kv_head")
         if self.head_dim % 2:
             raise ConfigError("model.head_dim must be even (RoPE rotates pairs)")
+        if self.init not in INIT_SCHEMES:
+            raise ConfigError(f"model.init {self.init!r}: expected one of {', '.join(INIT_SCHEMES)}")
         if self.compute_dtype not in ("bfloat16", "float32", "float16"):
             raise ConfigError(f"model.compute_dtype {self.compute_dtype!r}: expected bfloat16, float32 or float16")
         d, hd = self.d_model, self.head_dim
@@ -73,9 +79,10 @@ class ModelConfig:
 
 _FIELD_TYPES = {"vocab_size": int, "seq_len": int, "n_layer": int, "d_model": int, "n_head": int, "n_kv_head": int,
                 "head_dim": int, "mlp_ratio": int, "rope_base": float, "logit_softcap": float, "compute_dtype": str,
-                "remat": bool}
+                "remat": bool, "init": str, "head_init_std": float}
+INIT_SCHEMES = ("uniform_fan_in", "original")
 # Far beyond any model this kit trains on one machine, far below sizes that exhaust memory just to build.
 LIMITS = {"vocab_size": (1, 1 << 20), "seq_len": (1, 1 << 20), "n_layer": (1, 1024), "d_model": (1, 1 << 16),
           "n_head": (1, 1024), "n_kv_head": (1, 1024), "head_dim": (2, 1024), "mlp_ratio": (1, 64),
-          "rope_base": (1.0, 1e12), "logit_softcap": (1e-3, 1e6)}
+          "rope_base": (1.0, 1e12), "logit_softcap": (1e-3, 1e6), "head_init_std": (0.0, 1.0)}
 MAX_PARAMETERS = 100_000_000_000

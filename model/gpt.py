@@ -48,6 +48,24 @@ _UNIFORM_FAN_IN = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
 _ZEROS = nnx.initializers.zeros_init()
 
 
+def original_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """The original PlanckGPT's kernel init: normal, std 1/sqrt(fan_in) * min(1, sqrt(fan_out / fan_in)) for (fan_in, fan_out)."""
+    fan_in, fan_out = shape
+    # Narrow outputs (the shared K/V projection: 768 -> 128) start smaller; square and wide ones at 1/sqrt(fan_in).
+    std = min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+    return jax.random.normal(key, shape, dtype) * std
+
+
+def kernel_init(cfg: ModelConfig):
+    """The initializer of q, k, v and up for cfg.init (out and down always start at zero)."""
+    return original_init if cfg.init == "original" else _UNIFORM_FAN_IN
+
+
+def head_init(cfg: ModelConfig):
+    """The output head's initializer: normal with cfg.head_init_std, or zeros when it is 0 (the original's)."""
+    return nnx.initializers.normal(stddev=cfg.head_init_std) if cfg.head_init_std > 0 else _ZEROS
+
+
 def rms_norm(x: jax.Array) -> jax.Array:
     """Parameter-free RMSNorm over the last axis, computed in float32, returned in x's dtype."""
     x32 = x.astype(jnp.float32)
@@ -88,10 +106,10 @@ class Attention(nnx.Module):
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.rope_base = float(cfg.rope_base)
         self.compute_dtype = dt = jnp.dtype(cfg.compute_dtype)
-        d, hd = cfg.d_model, cfg.head_dim
-        self.q = _linear(d, cfg.n_head * hd, _UNIFORM_FAN_IN, dt, rngs)
-        self.k = _linear(d, cfg.n_kv_head * hd, _UNIFORM_FAN_IN, dt, rngs)
-        self.v = _linear(d, cfg.n_kv_head * hd, _UNIFORM_FAN_IN, dt, rngs)
+        d, hd, init = cfg.d_model, cfg.head_dim, kernel_init(cfg)
+        self.q = _linear(d, cfg.n_head * hd, init, dt, rngs)
+        self.k = _linear(d, cfg.n_kv_head * hd, init, dt, rngs)
+        self.v = _linear(d, cfg.n_kv_head * hd, init, dt, rngs)
         # Zero output projection: each block starts as the identity on the residual stream.
         self.out = _linear(cfg.n_head * hd, d, _ZEROS, dt, rngs)
 
@@ -142,7 +160,7 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dt = jnp.dtype(cfg.compute_dtype)
         hidden = cfg.mlp_ratio * cfg.d_model
-        self.up = _linear(cfg.d_model, hidden, _UNIFORM_FAN_IN, dt, rngs)
+        self.up = _linear(cfg.d_model, hidden, kernel_init(cfg), dt, rngs)
         self.down = _linear(hidden, cfg.d_model, _ZEROS, dt, rngs)
 
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -187,10 +205,10 @@ class GPT(nnx.Module):
             embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs,
         )
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
-        # A tiny head: the initial logits are near zero, so the initial loss is near ln(vocab).
+        # A tiny (or zero) head: the initial logits are near zero, so the initial loss is near ln(vocab).
         self.head = nnx.Linear(
             cfg.d_model, cfg.vocab_size, use_bias=False, dtype=self.compute_dtype,
-            param_dtype=jnp.float32, kernel_init=nnx.initializers.normal(stddev=0.001),
+            param_dtype=jnp.float32, kernel_init=head_init(cfg),
             preferred_element_type=jnp.float32,  # 16-bit inputs, float32 accumulation and logits
             rngs=rngs,
         )

@@ -149,7 +149,7 @@ def _model_section(run: RunFiles, figs: TrainingFigures) -> list[str]:
         lr = (f"**Learning rates:** Muon {fmt_setting(optim.get('muon_lr', '?'))} (block matrices), "
               f"Adam {fmt_setting(optim.get('adam_lr', '?'))} (embedding, head)")
         if isinstance(stable, (int, float)) and isinstance(final, (int, float)):
-            decay = f"linear decay to {100 * final:.0f}% of the peak at the last step"
+            decay = f"linear decay to {100 * final:.0f}% of the peak by the end"
             lr += f"; {decay} from the first step" if stable == 0 else f"; constant for {100 * stable:.0f}% of the steps, then {decay}"
         facts.append(lr)
     if "seed" in run.cfg:

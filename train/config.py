@@ -15,6 +15,7 @@ from planck.schemas.counts import parse_count
 from planck.schemas.run_folder import flatten
 
 PHASES = ("pretrain", "midtrain", "sft")
+CLIP_MODES = ("global", "per_group")
 
 
 @dataclass
@@ -23,8 +24,10 @@ class OptimConfig:
     adam_lr: float = 0.008  # embedding and output head
     adam_b1: float = 0.65
     adam_b2: float = 0.95
+    adam_eps: float = 1e-10  # Adam's denominator floor (the original: optax's default 1e-8); see README "Differences"
     muon_momentum: float = 0.95
     clip_norm: float = 1.0
+    clip: str = "global"  # "global": one norm over all gradients; "per_group": Muon's and Adam's each (the original)
     stable_fraction: float = 0.55  # constant LR for this fraction of the steps, then linear decay
     final_lr_fraction: float = 0.1  # LR at the last step, as a fraction of the peak
 
@@ -34,6 +37,12 @@ class OptimConfig:
             raise ConfigError("optim.stable_fraction must be within [0, 1]")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
             raise ConfigError("optim.final_lr_fraction must be within [0, 1]")
+        if not 0.0 < self.adam_eps <= 1.0:  # 0 would divide by zero for a parameter that never gets a gradient
+            raise ConfigError(f"optim.adam_eps = {self.adam_eps!r} must be within (0, 1]")
+        if not self.clip_norm > 0.0:
+            raise ConfigError(f"optim.clip_norm = {self.clip_norm!r} must be positive")
+        if self.clip not in CLIP_MODES:
+            raise ConfigError(f"optim.clip = {self.clip!r}: expected one of {', '.join(CLIP_MODES)}")
 
 
 @dataclass

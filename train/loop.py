@@ -185,7 +185,10 @@ def check_run_folder(run: RunFolder, cfg: RunConfig, phase: str, data: Path) -> 
         return {}
     diff = sorted(k for k in ("phase", "data") if have.get(k) != want[k])
     flat_have, flat_want = flatten(have["config"]), flatten(want["config"])
-    changed = sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k))
+    # A setting newer than the run folder (absent from its config.json) at its default changes nothing.
+    defaults = flatten(RunConfig().to_dict())
+    changed = sorted(k for k in set(flat_have) | set(flat_want) if flat_have.get(k) != flat_want.get(k)
+                     and not (k not in flat_have and k in defaults and flat_want.get(k) == defaults[k]))
     refused = diff + [k for k in changed if k not in RESUMABLE_KEYS]
     if refused:
         raise TrainingError(
