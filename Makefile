@@ -17,7 +17,7 @@ RUNS ?= runs
 CHECKPOINT ?= $(RUNS)/sft
 PORT ?= 8000
 
-.PHONY: doctor plan gpu-check speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
+.PHONY: docs docs-slow doctor plan gpu-check speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -32,6 +32,7 @@ help:
 	@echo "make chat         talk to a finished model in the terminal (CHECKPOINT=$(CHECKPOINT))"
 	@echo "make serve        OpenAI-compatible HTTP API + web chat on http://127.0.0.1:$(PORT) (CHECKPOINT=...)"
 	@echo "make bench        tokenizer, loader, train-step and decode figures beside their ceilings -> bench/results/bench.json"
+	@echo "make docs         rewrite the README's examples from live output (docs-slow: also time make demo, take the A/B table)"
 	@echo "make doctor       what a run here will use: devices, versions, tokenizer, disk, flash attention"
 	@echo "make plan         the real run's memory per device, largest micro-batch and hours (CONFIG=, TOKENS=)"
 	@echo "make gpu-check    the acceptance run on a GPU (tiny on a CPU): step, 200 training steps, decode -> OUT or bench/results"
@@ -132,3 +133,10 @@ gpu-check: install tokenizer-cache
 
 speedrun: install tokenizer-cache
 	$(PLANCK) speedrun --config $(CONFIG) --shards $(SHARDS) --runs $(RUNS) $(if $(TOKENS),--tokens $(TOKENS)) $(if $(SOURCE),--source $(SOURCE))
+
+# The README's examples come from live runs (tests/readme_examples.py); tests/test_readme.py fails when they drift.
+docs: install tokenizer-cache
+	$(PY) tests/readme_examples.py
+
+docs-slow: install tokenizer-cache
+	$(PY) tests/readme_examples.py --slow

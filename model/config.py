@@ -27,10 +27,11 @@ class ModelConfig:
     logit_softcap: float = 15.0
     compute_dtype: str = "bfloat16"  # params stay float32; matmuls run in this dtype
     remat: bool = False  # jax.checkpoint per block: less activation memory, ~30% more compute
-    # How q/k/v/up start: "uniform_fan_in" (std 1/sqrt(fan_in)) or "original" (the original PlanckGPT's
-    # normal, std 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))); see README "Differences from the original".
-    init: str = "uniform_fan_in"
-    head_init_std: float = 0.001  # the output head's normal init; 0: zeros (the original)
+    # How q/k/v/up start: "original" (the original PlanckGPT's normal, std 1/sqrt(fan_in) * min(1,
+    # sqrt(fan_out/fan_in))) or "uniform_fan_in" (uniform, std 1/sqrt(fan_in)). The original's and a zero
+    # head won the A/B in README "Differences from the original PlanckGPT" (bench/ab_original.py).
+    init: str = "original"
+    head_init_std: float = 0.0  # the output head's normal init std; 0: zeros (the original's)
 
     def validate(self) -> None:
         """Raise ConfigError on a wrong type or a value the model cannot be built with (checked before anything is allocated)."""

@@ -36,7 +36,8 @@ def _model(compute_dtype: str = "float32") -> GPT:
         for lin in (block.attn.out, block.mlp.down):
             key, sub = jax.random.split(key)
             lin.kernel[...] = jax.random.normal(sub, lin.kernel.shape) / math.sqrt(lin.kernel.shape[0])
-    model.head.kernel[...] = model.head.kernel[...] * 5000.0
+    key, sub = jax.random.split(key)
+    model.head.kernel[...] = jax.random.normal(sub, model.head.kernel.shape) * 5.0  # zero at init
     return model
 
 

@@ -24,10 +24,10 @@ class OptimConfig:
     adam_lr: float = 0.008  # embedding and output head
     adam_b1: float = 0.65
     adam_b2: float = 0.95
-    adam_eps: float = 1e-10  # Adam's denominator floor (the original: optax's default 1e-8); see README "Differences"
+    adam_eps: float = 1e-8  # Adam's denominator floor (the original's, optax's default); see README "Differences"
     muon_momentum: float = 0.95
     clip_norm: float = 1.0
-    clip: str = "global"  # "global": one norm over all gradients; "per_group": Muon's and Adam's each (the original)
+    clip: str = "per_group"  # "per_group": Muon's and Adam's gradients each (the original's); "global": one norm over all
     stable_fraction: float = 0.55  # constant LR for this fraction of the steps, then linear decay
     final_lr_fraction: float = 0.1  # LR at the last step, as a fraction of the peak
 
@@ -159,7 +159,10 @@ def preset_path(name: str) -> Path:
         return Path(name)
     path = shipped_file("presets", f"{name}.toml")
     if path is None:
-        raise ConfigError(f"unknown preset {name!r}")
+        import importlib  # the presets' folders, to name them: configs/presets is a namespace package
+
+        known = sorted({p.stem for d in importlib.import_module("planck.configs.presets").__path__ for p in Path(d).glob("*.toml")})
+        raise ConfigError(f"unknown preset {name!r}; the presets are {', '.join(known)} (configs/presets/), or give a .toml file")
     return path
 
 
