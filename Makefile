@@ -115,6 +115,7 @@ serve: install tokenizer-cache
 bench: install tokenizer-cache
 	$(PY) bench/tokenize_throughput.py
 	$(PY) bench/train_step.py --config tiny
+	$(PY) bench/train_step.py --compare-original --rounds 3 --steps 3
 	$(PY) bench/loader_throughput.py
 	$(PY) bench/decode_throughput.py --config tiny
 	$(PY) bench/summary.py

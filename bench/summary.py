@@ -23,6 +23,7 @@ EXPECTED = {  # file pattern -> the command that writes it
     "loader.json": "bench/loader_throughput.py",
     "train_step_*.json": "bench/train_step.py --config tiny",
     "decode_*.json": "bench/decode_throughput.py --config tiny",
+    "compare_original.json": "bench/train_step.py --compare-original",
 }
 
 
@@ -80,6 +81,20 @@ def train_step_rows(d: dict, source: str) -> list[dict]:
         row(name, "MFU", d.get("mfu"), "fraction", source, note=None if d.get("mfu") is not None else unknown),
         *memory_rows(name, d, source),
     ]
+
+
+def compare_rows(d: dict, source: str) -> list[dict]:
+    """Our train step's tokens/s beside the original PlanckGPT's at the same shape (interleaved rounds), and peak RSS."""
+    out = []
+    for s in d["shapes"]:
+        sh = s["shape"]
+        name = "tiny" if s.get("preset") == "tiny" else ",".join(str(sh[k]) for k in ("layers", "d_model", "heads", "seq", "micro_batch", "accum"))
+        spread = f"ratio {s['ratio_median']:.2f} [{s['ratio_min']:.2f}-{s['ratio_max']:.2f}] over {len(s['rounds'])} rounds"
+        out.append(row("vs original", f"train step tok/s, shape {name}", s["ours_tokens_per_s"], "tok/s", source,
+                       s["original_tokens_per_s"], "the original's own loop, same shape", spread))
+        out.append(row("vs original", f"peak RSS, shape {name}", s["ours_peak_rss_mb"], "MB", source,
+                       s["original_peak_rss_mb"], "the original's peak RSS"))
+    return out
 
 
 def decode_rows(d: dict, source: str) -> list[dict]:
@@ -147,6 +162,8 @@ def main() -> None:
         rows += train_step_rows(load(p), p.name)
     for p in sorted(res.glob("decode_*.json")):
         rows += decode_rows(load(p), p.name)
+    if (p := res / "compare_original.json").exists():
+        rows += compare_rows(load(p), p.name)
 
     sources = sorted({s for r in rows for s in r["source_file"].split(" + ")})
     result = {
