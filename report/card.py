@@ -13,7 +13,8 @@ from planck.schemas.atomic import atomic_write_text
 from planck.schemas.manifest import MANIFEST_NAME, Manifest, ManifestError
 from planck.schemas.run_folder import RunFolder, flatten
 
-from .figures import TrainingFigures, eval_samples, eval_scores, is_num, parameter_count, training_figures
+from .figures import (TrainingFigures, ValCoverage, coverage_short, coverage_text, eval_samples, eval_scores,
+                      eval_val_coverage, is_num, parameter_count, trainer_val_coverage, training_figures)
 from .markdown import MISSING, fmt_duration, fmt_int, fmt_num, fmt_setting, fmt_short, fmt_sig, fmt_time, quote, table
 from .plots import write_plots
 from .run import RunFiles, load_run
@@ -189,15 +190,22 @@ def _training_section(run: RunFiles, figs: TrainingFigures) -> list[str]:
     if figs.final_grad_norm is not None:
         rows.append(["final gradient norm", fmt_sig(figs.final_grad_norm)])
     fv = figs.final_val
+    val_cov = trainer_val_coverage(run, figs) if fv else None
     if fv:
         if isinstance(fv.get("val_loss"), (int, float)):
             rows.append(["final val loss", f"{fmt_sig(fv['val_loss'])} nats/token (step {fmt_int(fv['step'])})"])
         if isinstance(fv.get("val_bpb"), (int, float)):
-            rows.append(["final val bpb", f"{fmt_sig(fv['val_bpb'])} bits/byte (step {fmt_int(fv['step'])})"])
+            rows.append(["final val bpb", f"{fmt_sig(fv['val_bpb'])} bits/byte (step {fmt_int(fv['step'])}; the trainer's "
+                                          f"evaluation on {coverage_short(val_cov)})"])
     if figs.best_val_loss:
         rows.append(["best val loss", f"{fmt_sig(figs.best_val_loss[0])} (step {fmt_int(figs.best_val_loss[1])})"])
     if figs.best_val_bpb:
         rows.append(["best val bpb", f"{fmt_sig(figs.best_val_bpb[0])} (step {fmt_int(figs.best_val_bpb[1])})"])
+    if figs.val_rows:
+        # metrics.jsonl's val figures do not say what they cover; `planck eval`'s bpb covers more, and differs.
+        rows.append(["val figures measured on",
+                     f"the trainer's evaluation, the same windows each time: {coverage_text(val_cov)} ({val_cov.how})"
+                     if val_cov else "the trainer's evaluation: the first train.eval_batches batches of the val split"])
     out += [table(["figure", "value"], rows, "ll"), ""]
     if len(figs.val_rows) > 1:
         shown = figs.val_rows
@@ -207,7 +215,8 @@ def _training_section(run: RunFiles, figs: TrainingFigures) -> list[str]:
         vrows = [[fmt_int(r["step"]), fmt_sig(r["loss"]) if isinstance(r.get("loss"), (int, float)) else MISSING,
                   fmt_sig(r["val_loss"]) if isinstance(r.get("val_loss"), (int, float)) else MISSING,
                   fmt_sig(r["val_bpb"]) if isinstance(r.get("val_bpb"), (int, float)) else MISSING] for r in shown]
-        out += ["Validation along the way:", "", table(["step", "train loss", "val loss", "val bpb"], vrows), ""]
+        out += ["Validation along the way (the trainer's evaluation):", "",
+                table(["step", "train loss", "val loss", "val bpb"], vrows), ""]
     changes = f.read_changes()
     if changes:
         crows = [[fmt_int(c.get("step", 0)), key, fmt_setting(old), fmt_setting(new), str(c.get("time", ""))]
@@ -231,7 +240,7 @@ def _plots_section(folder: RunFolder, plots: list[Path], note: str | None) -> li
     return out
 
 
-def _eval_section(run: RunFiles) -> list[str]:
+def _eval_section(run: RunFiles, figs: TrainingFigures) -> list[str]:
     out = ["## Evaluation", ""]
     if run.evals is None:
         return out + [f"Not evaluated yet: run `planck eval --checkpoint {run.root}`.", ""]
@@ -243,6 +252,11 @@ def _eval_section(run: RunFiles) -> list[str]:
     if facts:
         out += [", ".join(facts) + f" ({run.folder.eval.name}).", ""]
     scores = eval_scores(run.evals)
+    cov = eval_val_coverage(run.evals)
+    if cov is not None:  # bpb's details say what it covers: the Training section shows another val bpb
+        for s in scores:
+            if s["task"] == "bpb":
+                s["details"] = (f"`planck eval`: {coverage_text(cov)}" if s["metric"] == "bpb" else "the same windows")
     if scores:
         rows = [[s["task"], s["metric"], fmt_num(s["score"]),
                  fmt_num(s["baseline"]) if is_num(s.get("baseline")) else MISSING,
@@ -250,6 +264,9 @@ def _eval_section(run: RunFiles) -> list[str]:
                  fmt_duration(s["seconds"]) if is_num(s.get("seconds")) else MISSING,
                  s.get("details") or ""] for s in scores]
         out += [table(["task", "metric", "score", "random baseline", "n", "time", "details"], rows, "llrrrrl"), ""]
+        note = _two_bpb_note(run, figs, cov)
+        if note:
+            out += [note, ""]
     else:
         out += [f"{run.folder.eval.name} holds no scores.", ""]
     samples = eval_samples(run.evals)
@@ -264,12 +281,29 @@ def _eval_section(run: RunFiles) -> list[str]:
     return out
 
 
+def _two_bpb_note(run: RunFiles, figs: TrainingFigures, eval_cov: ValCoverage | None) -> str | None:
+    """One line on why eval's bpb is not Training's final val bpb, when the report shows both."""
+    trained = figs.final_val.get("val_bpb")
+    if eval_cov is None or not is_num(trained):
+        return None
+    score = run.evals["tasks"]["bpb"]["value"]
+    train_cov = trainer_val_coverage(run, figs)
+    both = (f"this bpb ({fmt_sig(score)}, `planck eval` on {coverage_short(eval_cov)}) and Training's final val bpb "
+            f"({fmt_sig(trained)}, the trainer's evaluation on {coverage_short(train_cov)})")
+    data = (run.evals["tasks"]["bpb"].get("data"), run.config.get("data"))
+    if all(data) and all(Path(d).exists() for d in data) and Path(data[0]).resolve() != Path(data[1]).resolve():
+        return f"> Note: {both} differ because they are measured on different shard folders' val splits."
+    if train_cov and (train_cov.windows, train_cov.seq_len) == (eval_cov.windows, eval_cov.seq_len):
+        return f"> Note: {both} cover the same windows of the val split."
+    return f"> Note: {both} differ because they cover different parts of the val split."
+
+
 def render_report(run: RunFiles, plots: list[Path], plot_note: str | None) -> str:
     """The Markdown text of a run's report."""
     figs = training_figures(run)
     parts = (
         _header(run, figs) + _data_section(run) + _model_section(run, figs) + _training_section(run, figs)
-        + _plots_section(run.folder, plots, plot_note) + _eval_section(run)
+        + _plots_section(run.folder, plots, plot_note) + _eval_section(run, figs)
     )
     return "\n".join(parts).rstrip() + "\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from planck.schemas.atomic import atomic_write_text
 from planck.schemas.run_folder import RunFolder, RunFolderError
 
-from .figures import TrainingFigures, eval_scores, parameter_count, training_figures
+from .figures import TrainingFigures, eval_scores, is_num, parameter_count, training_figures
 from .markdown import MISSING, fmt_duration, fmt_int, fmt_num, fmt_short, fmt_sig, table
 from .run import load_run
 
@@ -45,8 +45,8 @@ def render_comparison(run_dirs: list[Path], out: Path) -> str:
         ["training time"] + [fmt_duration(f.step_seconds) if f.step_seconds is not None else MISSING for f in figs],
         ["tokens/s"] + [fmt_int(round(f.mean_tps)) if f.mean_tps else MISSING for f in figs],
         ["final train loss"] + [fmt_sig(f.final_loss) if f.final_loss is not None else MISSING for f in figs],
-        ["final val loss"] + [val(f, "val_loss") for f in figs],
-        ["final val bpb"] + [val(f, "val_bpb") for f in figs],
+        ["final val loss (trainer's evaluation)"] + [val(f, "val_loss") for f in figs],
+        ["final val bpb (trainer's evaluation)"] + [val(f, "val_bpb") for f in figs],
     ]
     if any(f.mfu is not None for f in figs):
         rows.insert(6, ["MFU"] + [f"{100 * f.mfu:.1f}%" if f.mfu is not None else MISSING for f in figs])
@@ -56,14 +56,22 @@ def render_comparison(run_dirs: list[Path], out: Path) -> str:
         keys += [k for k in scores if k not in keys]
     for key in keys:
         label = key[0] if key[0] == key[1] else f"{key[0]} {key[1]}"
+        notes = ["planck eval"] if key[0] == "bpb" else []  # not the trainer's val bpb above
         baselines = {s[key].get("baseline") for s in per_run if key in s and isinstance(s[key].get("baseline"), (int, float))}
         if len(baselines) == 1:
-            label += f" (random {fmt_num(baselines.pop())})"
+            notes.append(f"random {fmt_num(baselines.pop())}")
+        if notes:
+            label += f" ({'; '.join(notes)})"
         rows.append([label] + [fmt_num(s[key]["score"]) if key in s else MISSING for s in per_run])
     if not keys:
         rows.append(["evaluation"] + ["not evaluated" if r.evals is None else "no scores" for r in runs])
     rows.append(["report"] + [f"[{label}]({link})" for label, link in zip(labels, reports)])
-    lines = ["# Runs side by side", "", table([""] + labels, rows), "", "Reports:", ""]
+    lines = ["# Runs side by side", "", table([""] + labels, rows), ""]
+    if any(k[0] == "bpb" for k in keys) and any(is_num(f.final_val.get("val_bpb")) for f in figs):
+        lines += ["The two val bpb rows differ because they cover different parts of the val split: the trainer's "
+                  "evaluation its first train.eval_batches batches, `planck eval` the windows it scored (each run's "
+                  "report gives the counts).", ""]
+    lines += ["Reports:", ""]
     lines += [f"- [{label}]({link}) ({r.phase}, `{r.root}`)" for label, link, r in zip(labels, reports, runs)]
     return "\n".join(lines) + "\n"
 

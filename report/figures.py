@@ -4,9 +4,10 @@ count, and the scores and samples of eval.json (as `planck eval` writes it: plan
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .markdown import fmt_num
+from .markdown import fmt_int, fmt_num
 from .run import RunFiles
 
 # Keys of an eval.json task summary that describe the task rather than score it.
@@ -93,6 +94,95 @@ def training_figures(run: RunFiles) -> TrainingFigures:
         f.best_val_loss = min(vl) if vl else None
         f.best_val_bpb = min(vb) if vb else None
     return f
+
+
+@dataclass
+class ValCoverage:
+    """What one validation figure was measured on: the first `windows` windows of seq_len tokens of a val split."""
+
+    windows: int | None
+    seq_len: int | None
+    split_windows: int | None  # the split's windows at that length; None when its folder cannot be read
+    scored: int | None = None  # the tokens the loss counted (eval.json records them; a chat mask leaves some out)
+    how: str = ""  # where the counts come from, when they are not recorded
+
+    @property
+    def tokens(self) -> int | None:
+        return self.windows * self.seq_len if self.windows is not None and self.seq_len else None
+
+
+def split_windows(data: Any, seq_len: int) -> int | None:
+    """The windows of seq_len + 1 tokens in a shard folder's val split, as trainer and eval cut them; None if unreadable."""
+    if not data:
+        return None
+    from planck.schemas.errors import PlanckError
+    from planck.shards.windows import ShardWindows  # numpy only: opens the shards' headers, reads no tokens
+
+    try:
+        return len(ShardWindows(Path(data), "val", int(seq_len)))
+    except (OSError, ValueError, PlanckError):
+        return None  # a moved or damaged folder: the figure is shown without the split's size
+
+
+def trainer_val_coverage(run: RunFiles, figs: TrainingFigures) -> ValCoverage | None:
+    """The windows behind metrics.jsonl's val rows, which do not record them: train.eval_batches batches of
+    micro_batch x devices windows from the start of the val split (fewer when the split is smaller), as the loop cuts them."""
+    train, model = run.section("train"), run.section("model")
+    n_batches, micro, accum, seq = (train.get("eval_batches"), train.get("micro_batch"), train.get("grad_accum"),
+                                    model.get("seq_len"))
+    if not all(isinstance(x, int) and x > 0 for x in (n_batches, micro, accum, seq)):
+        return None
+    per_device = micro * accum * seq
+    if not figs.tokens_per_step or figs.tokens_per_step % per_device:
+        return None  # the device count, hence the batch, is unknown
+    devices = figs.tokens_per_step // per_device
+    batch = micro * devices
+    split = split_windows(run.config.get("data"), seq)
+    windows = n_batches * batch if split is None else min(n_batches, split // batch) * batch
+    capped = split is not None and windows < n_batches * batch
+    how = (f"from config.json: train.eval_batches {fmt_int(n_batches)} × a batch of {fmt_int(batch)} windows, "
+           f"train.micro_batch {micro} × {devices} device{'s' if devices != 1 else ''}"
+           + ("; the split holds fewer" if capped else ""))
+    return ValCoverage(windows, seq, split, how=how)
+
+
+def eval_val_coverage(evals: dict[str, Any] | None) -> ValCoverage | None:
+    """The windows behind eval.json's bpb score (`planck eval --tasks bpb`): it records them (n, seq_len, tokens, data)."""
+    tasks = (evals or {}).get("tasks")
+    bpb = tasks.get("bpb") if isinstance(tasks, dict) else None
+    if not isinstance(bpb, dict) or not is_num(bpb.get("value")):
+        return None
+    windows = int(bpb["n"]) if is_num(bpb.get("n")) else None
+    seq = int(bpb["seq_len"]) if is_num(bpb.get("seq_len")) else None
+    split = split_windows(bpb.get("data"), seq) if seq else None
+    return ValCoverage(windows, seq, split, scored=int(bpb["tokens"]) if is_num(bpb.get("tokens")) else None)
+
+
+def coverage_text(c: ValCoverage) -> str:
+    """As much as is known of what a figure covers: 'the first 4 of the val split's 74 windows, 4 × 64 = 256 tokens'."""
+    if c.windows is None:
+        return "windows not recorded" + (f", {fmt_int(c.scored)} tokens scored" if c.scored is not None else "")
+    if c.split_windows is None:
+        text = f"the first {fmt_int(c.windows)} windows of the val split"
+    elif c.windows >= c.split_windows:
+        text = f"all {fmt_int(c.split_windows)} windows of the val split"
+    else:
+        text = f"the first {fmt_int(c.windows)} of the val split's {fmt_int(c.split_windows)} windows"
+    if c.tokens is not None:
+        text += f", {fmt_int(c.windows)} × {fmt_int(c.seq_len)} = {fmt_int(c.tokens)} tokens"
+    if c.scored is not None and c.scored != c.tokens:
+        text += (f" ({fmt_int(c.scored)} of them scored: the mask leaves the others out)" if c.tokens
+                 else f", {fmt_int(c.scored)} tokens scored")
+    return text
+
+
+def coverage_short(c: ValCoverage | None) -> str:
+    """'256 tokens in 4 windows', for a line that names two figures."""
+    if c is None:
+        return "its train.eval_batches batches"  # the trainer's, with a batch the report cannot work out
+    if c.windows is None:
+        return "an unrecorded number of windows"
+    return (f"{fmt_int(c.tokens)} tokens in " if c.tokens is not None else "") + f"{fmt_int(c.windows)} windows"
 
 
 def parameter_count(run: RunFiles) -> tuple[int | None, str]:

@@ -69,8 +69,8 @@ def test_training_writes_a_report_with_the_runs_figures(trained, shards):
     assert last["step"] == 4 and "val_bpb" in last
     bpb = fmt_sig(last["val_bpb"])
     assert re.fullmatch(r"\d\.\d\d", bpb)
-    assert f"| final val bpb | {bpb} bits/byte (step 4) |" in text
-    assert "Validation along the way:" in text and "| 2 | " in text
+    assert f"| final val bpb | {bpb} bits/byte (step 4; the trainer's evaluation on 256 tokens in 4 windows) |" in text
+    assert "Validation along the way (the trainer's evaluation):" in text and "| 2 | " in text
     assert f"| final train loss | {fmt_sig(last['loss'])} nats/token |" in text
     assert f"| tokens seen | {fmt_int(last['tokens_seen'])} |" in text
     # The data folder's token counts from its manifest.
@@ -119,6 +119,60 @@ def test_eval_json_scores_and_samples_appear(trained, tmp_path):
     assert "> there \\<\\|endoftext\\|\\> \\*bold\\*" in text
 
 
+def test_the_trainers_and_evals_val_bpb_say_what_each_covers(trained, shards, tmp_path):
+    """Training's final val bpb (train.eval_batches batches) and eval.json's bpb (the split eval scored) are two figures
+    for one checkpoint: each names its windows and tokens, and a note says why they differ."""
+    from planck.shards.windows import ShardWindows, eval_batches
+
+    run = copy_run(trained[0], tmp_path / "evaluated")
+    # What the trainer scored: train.eval_batches=1 batch of micro_batch 4 x 1 device, counted as the loop cuts it.
+    val = ShardWindows(shards, "val", 64)
+    [batch] = list(eval_batches(val, batch_size=4, num_batches=1))
+    tokens = int(batch["mask"].sum())
+    assert len(batch["inputs"]) == 4 and tokens == 256 and len(val) > 8
+    # eval.json as `planck eval --tasks bpb --data SHARDS` writes it (batch 8: the split's whole batches).
+    n = len(val) // 8 * 8
+    bpb = {"metric": "bpb", "value": 4.0963, "baseline": 4.398, "n": n, "val_loss": 10.08, "val_loss_baseline": 10.83,
+           "tokens": n * 64, "bytes": 16363, "batches": n // 8, "seq_len": 64, "data": str(shards), "limit": None,
+           "seconds": 2.1}
+    (run / "eval.json").write_text(json.dumps({"tasks": {"bpb": bpb}, "checkpoint": str(run / "final")}))
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    trained_bpb = fmt_sig(metrics(run)[-1]["val_bpb"])
+    assert f"| final val bpb | {trained_bpb} bits/byte (step 4; the trainer's evaluation on 256 tokens in 4 windows) |" in text
+    assert (f"| val figures measured on | the trainer's evaluation, the same windows each time: the first 4 of the val "
+            f"split's {len(val)} windows, 4 × 64 = 256 tokens (from config.json: train.eval_batches 1 × a batch of 4 "
+            "windows, train.micro_batch 4 × 1 device) |") in text
+    assert (f"| bpb | bpb | 4.10 | 4.40 | {n} | 2.1 s | `planck eval`: the first {n} of the val split's {len(val)} windows, "
+            f"{n} × 64 = {fmt_int(n * 64)} tokens |") in text
+    assert f"| bpb | val_loss | 10.1 | 10.8 | {n} | 2.1 s | the same windows |" in text
+    note = (f"> Note: this bpb (4.10, `planck eval` on {fmt_int(n * 64)} tokens in {n} windows) and Training's final val bpb "
+            f"({trained_bpb}, the trainer's evaluation on 256 tokens in 4 windows) differ because they cover different "
+            "parts of the val split.")
+    assert note in text.splitlines()
+
+    # More eval batches than the split holds: the trainer scored its whole batches, as eval_batches caps them.
+    config = json.loads((run / "config.json").read_text())
+    config["config"]["train"]["eval_batches"] = 1000
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    whole = len(val) // 4 * 4
+    assert sum(len(b["inputs"]) for b in eval_batches(val, batch_size=4, num_batches=1000)) == whole
+    assert (f"the first {whole} of the val split's {len(val)} windows, {whole} × 64 = {fmt_int(whole * 64)} tokens "
+            "(from config.json: train.eval_batches 1,000 × a batch of 4 windows, train.micro_batch 4 × 1 device; "
+            "the split holds fewer)") in text
+    assert whole == n and "differ because" not in text and "cover the same windows of the val split." in text
+
+    # Side by side: each row says whose figure it is, and a line says why the two differ.
+    out = tmp_path / "cmp.md"
+    assert main(["report", str(run), str(copy_run(trained[0], tmp_path / "other")), "--out", str(out)]) == 0
+    cmp = out.read_text()
+    assert f"| final val bpb (trainer's evaluation) | {trained_bpb} | {trained_bpb} |" in cmp
+    assert "| bpb (planck eval; random 4.40) | 4.10 | – |" in cmp
+    assert "The two val bpb rows differ because they cover different parts of the val split" in cmp
+
+
 def test_comparison_of_two_runs(trained, tmp_path):
     first = copy_run(trained[0], tmp_path / "runs" / "pretrain")
     second = copy_run(trained[0], tmp_path / "runs" / "midtrain")
@@ -135,7 +189,7 @@ def test_comparison_of_two_runs(trained, tmp_path):
     assert "|  | pretrain | midtrain |" in text
     assert "| phase | pretrain | midtrain |" in text
     want_bpb = fmt_sig(metrics(first)[-1]["val_bpb"])
-    assert f"| final val bpb | {want_bpb} | 1.23 |" in text
+    assert f"| final val bpb (trainer's evaluation) | {want_bpb} | 1.23 |" in text
     assert "| final train loss |" in text and " | 2.50 |" in text
     assert "| mmlu accuracy (random 0.250) | – | 0.400 |" in text
     for name in ("pretrain", "midtrain"):
