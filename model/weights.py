@@ -125,7 +125,8 @@ def resolve(path: Path) -> Path:
     if path.is_file() and path.suffix in EXPORT_FORMATS.values():
         return path
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
+        raise CheckpointError(f"{path}: no such file or folder; train one first (make pretrain midtrain sft, or make demo), "
+                              "or point at a finished run: make chat CHECKPOINT=runs/demo/sft")
     raise CheckpointError(
         f"{path}: not a finished model (expected a run folder with final/model.json, a final/ folder, "
         "or a .npz / .safetensors from `planck export`)"

@@ -17,7 +17,8 @@ def read_manifest(folder: Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
-        raise ManifestError(f"{folder}: no such folder")
+        raise ManifestError(f"{folder}: no such folder; make the shards first: `make shards` (or `make demo-shards` for "
+                            f"the offline demo), or `planck tokenize pretrain|chat --out {folder} ...`")
     try:
         st = os.stat(path)  # follows a symlink: what would be read
     except FileNotFoundError:

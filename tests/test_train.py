@@ -92,6 +92,62 @@ def test_lr_schedule_is_stable_then_linear():
     assert float(s(77)) == pytest.approx(1.0 - 0.9 * (77 - 55) / 44, abs=1e-6)
 
 
+def test_the_progress_bar_leaves_the_compiling_step_out_of_its_rate_and_time_left(tmp_path):
+    """Step 1 (XLA compilation) took 29.26 s, the others 0.5 s: the bar never shows 29.26 s/step nor hours left."""
+    import io
+
+    from planck.train.progress import StepBar
+
+    clock = [1000.0]
+    for start in (0, 50):  # a fresh run, and a resumed one (its first step in this process compiles again)
+        out = io.StringIO()
+        bar = StepBar(total=200, initial=start, desc="train pretrain", unit="step", file=out, mininterval=0)
+        bar._time = lambda: clock[0]
+        bar.start_t = bar.last_print_t = clock[0]
+        assert "compiling the train step" in str(bar)
+        clock[0] += 29.26
+        bar.update(1)
+        shown = str(bar)
+        assert bar.n == start + 1 and bar.format_dict["rate"] is None
+        assert "<?, ?step/s" in shown and "first step 29.3s (compiling)" in shown and "29.26s/step" not in shown
+        for _ in range(3):
+            clock[0] += 0.5
+            bar.update(1)
+        left = (200 - start - 4) * 0.5  # at 2 steps/s, from the compiled steps alone
+        assert bar.format_dict["rate"] == pytest.approx(2.0)
+        assert f"<{bar.format_interval(left)}, " in str(bar) and "2.00step/s" in str(bar)
+        assert bar.format_dict["elapsed"] == pytest.approx(30.76)  # the elapsed time still counts the compilation
+        clock[0] += 2.0  # the last step evaluates and checkpoints: the closing average says so, from step 2 on
+        bar.update(1)
+        bar.close()
+        final = out.getvalue().split("\r")[-1]
+        assert f"{start + 5}/200 [00:32<" in final and "1.14step/s" in final  # 4 steps in 0.5 * 3 + 2 s
+    done = StepBar(total=200, initial=200, file=io.StringIO())  # a finished run re-run: nothing compiles
+    assert "compiling" not in str(done)
+    done.close()
+    quiet = StepBar(total=3, disable=True)  # --quiet: nothing is counted or drawn
+    quiet.update(1)
+    quiet.update(1)
+    quiet.close()
+
+    # The step loop's bar: the first logged step shows its compile time, not a rate made of it.
+    from planck.schemas.run_folder import RunFolder
+    from planck.train.config import load_config
+    from planck.train.metrics_log import MetricsLog
+
+    cfg = load_config("tiny", "pretrain", ["train.steps=3", "train.log_every=1"])
+    run_folder = RunFolder(tmp_path / "run")
+    run_folder.root.mkdir()
+    with MetricsLog(cfg, run_folder, "pretrain", 512, 0, is_main=True, show_progress=True) as log:
+        postfixes = []
+        for step in (1, 2):
+            log.meter.step_done(log.meter.step_started())
+            log.step(step, 10.0, 512.0, 1.0, 512 * step, None)
+            postfixes.append(log.bar.postfix)
+    assert "compile=" in postfixes[0] and "tok/s" not in postfixes[0]
+    assert "tok/s=" in postfixes[1] and "compile" not in postfixes[1]
+
+
 def test_muon_takes_block_matrices_and_adam_the_embedding_and_head():
     from flax import nnx
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from planck.schemas.run_folder import RunFolder
 
 PHASE_HELP = {
     "pretrain": "next-token prediction on pretraining shards (default data shards/pretrain)",
@@ -92,9 +96,21 @@ def _train(args: argparse.Namespace) -> int:
     if not summary and RunFolder(args.run_dir).is_finished():
         summary = "already finished: nothing to do"
     run = RunFolder(args.run_dir)
-    print(f"{args.run_dir}: done at step {last.get('step')}" + (f" ({summary})" if summary else "") + f"; weights in {run.final}"
-          + (f"; report in {run.report}" if run.report.exists() else ""))
+    print(f"{args.run_dir}: done at step {_done_step(last, run)}" + (f" ({summary})" if summary else "")
+          + f"; weights in {run.final}" + (f"; report in {run.report}" if run.report.exists() else ""))
     return 0
+
+
+def _done_step(last: dict, run: RunFolder) -> int:
+    """The step a run stands at: the trainer's last, else final/model.json's, else the newest checkpoint's."""
+    if isinstance(last.get("step"), int):
+        return last["step"]
+    # A process that trained no step (a finished run re-run) has logged nothing: the run folder knows the step.
+    meta, _ = run.read_optional(run.final_meta, "final model description")
+    if isinstance((meta or {}).get("step"), int):
+        return meta["step"]
+    steps = [int(p.name) for p in run.checkpoints.glob("*") if p.name.isdigit()] if run.checkpoints.is_dir() else []
+    return max(steps, default=0)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from .config import RunConfig
 from .devices import peak_flops
 from .meter import Meter
 from .optim import lr_schedule
+from .progress import StepBar
 from .trackers import Trackers
 
 
@@ -22,16 +23,15 @@ class MetricsLog:
 
     def __init__(self, cfg: RunConfig, run: RunFolder, phase: str, tokens_per_step: int, start_step: int,
                  is_main: bool, show_progress: bool):
-        from tqdm import tqdm
-
         t, o = cfg.train, cfg.optim
         self.cfg, self.run, self.is_main = cfg, run, is_main
         self.muon_lr = lr_schedule(o.muon_lr, t.steps, o.stable_fraction, o.final_lr_fraction)
         self.adam_lr = lr_schedule(o.adam_lr, t.steps, o.stable_fraction, o.final_lr_fraction)
         self.fpt, self.peak = flops_per_token(cfg.model), peak_flops()
         self.meter = Meter(tokens_per_step)
-        self.bar = tqdm(total=t.steps, initial=start_step, desc=f"train {phase}", unit="step",
-                        disable=not (show_progress and is_main), dynamic_ncols=True)
+        self.first_step = start_step + 1  # this process's first step: it compiles
+        self.bar = StepBar(total=t.steps, initial=start_step, desc=f"train {phase}", unit="step",
+                           disable=not (show_progress and is_main), dynamic_ncols=True)
         self.trackers = Trackers(cfg.log, run, cfg.to_dict(), start_step, enabled=is_main)
         self._file = open(run.metrics if is_main else os.devnull, "a")
         self.last: dict[str, Any] = {}
@@ -62,8 +62,12 @@ class MetricsLog:
                 self.last["mfu"] = self.fpt * tps / self.peak
             if "compile_s" in window:
                 self.last["compile_s"] = window["compile_s"]
-            postfix = {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}"}
-            if self.peak:
+            postfix = {"loss": f"{loss:.3f}"}
+            if step == self.first_step:  # a window of the compiling step alone: its rate would be the compile time's
+                postfix["compile"] = f"{window.get('compile_s', 0.0):.1f}s"
+            else:
+                postfix["tok/s"] = f"{tps:,.0f}"
+            if self.peak and step != self.first_step:
                 postfix["mfu"] = f"{100 * self.last['mfu']:.1f}%"
             self.bar.set_postfix(postfix, refresh=False)
         if validate is not None:
