@@ -4,9 +4,11 @@ Endpoints: POST /v1/chat/completions (chat models), POST /v1/completions (any mo
 token ids; `logprobs` and `echo` for scoring, as lm-evaluation-harness uses them), GET /v1/models,
 GET /health, GET /metrics (Prometheus), GET /openapi.json, GET /docs and GET / (serve/web/index.html).
 Requests and replies follow OpenAI's shapes, so the official clients work with
-`base_url="http://HOST:PORT/v1"`; every error, ours or the framework's, is OpenAI's
-`{"error": {"message", "type", "param", "code"}}` body. serve/guard.py checks every request first
-(Host, API key, origin) and logs it; serve/http.py is the HTTP layer under it (read deadlines).
+`base_url="http://HOST:PORT/v1"`; a chat reply also says, in the header X-Planck-Dropped-Messages,
+how many of the oldest messages were left out to fit the context (0: none). Every error, ours or the
+framework's, is OpenAI's `{"error": {"message", "type", "param", "code"}}` body. serve/guard.py
+checks every request first (Host, API key, origin) and logs it; serve/http.py is the HTTP layer under
+it (read deadlines).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from planck.schemas.rows import Message
 from planck.schemas.tokenizer import get_tokenizer
 
 from .batcher import DEFAULT_MAX_TOKENS, Batcher, Finished, SamplingParams, TextDelta
-from .guard import Access, AccessLog, Guard, Metrics, log_to_stdout
+from .guard import DROPPED_HEADER, Access, AccessLog, Guard, Metrics, log_to_stdout
 from .http import BODY_TIMEOUT, HEADER_TIMEOUT, server_config
 from .prompt import PromptError, chat_prompt, check_messages, completion_prompt, token_prompt
 from .scoring import MAX_LOGPROBS, Scorer
@@ -499,15 +501,18 @@ class Server:
             raise _failure(first)
         return events, first
 
-    async def answer(self, job: Job, reply: Reply, request: Request, arrived: float) -> Response:
-        """A streamed or whole response for a validated job."""
+    async def answer(self, job: Job, reply: Reply, request: Request, arrived: float,
+                     headers: dict[str, str] | None = None) -> Response:
+        """A streamed or whole response for a validated job, with `headers` added."""
+        headers = headers or {}
         if job.params.max_tokens == 0:  # echo with max_tokens 0: the prompt's logprobs, no generation
             self.admit()
             text, done = "", Finished("length", len(job.ids), 0)
         else:
             events, first = await self.start(job, request)
             if job.stream:
-                return EventStream(_stream(events, first, job, reply, request, arrived), events, headers=SSE_HEADERS)
+                return EventStream(_stream(events, first, job, reply, request, arrived), events,
+                                   headers={**SSE_HEADERS, **headers})
             text, done = await _collect(events, first, request)
             if done is None:  # the client is gone; this response goes nowhere
                 raise APIError(499, "client closed the request", code="client_disconnected")
@@ -521,7 +526,7 @@ class Server:
             logprobs = await self.logprobs(job, done.completion_ids, text)
             if job.echo:
                 text = job.prompt_text + text
-        return JSONResponse(reply.whole(text, done, logprobs if job.logprobs is not None else None))
+        return JSONResponse(reply.whole(text, done, logprobs if job.logprobs is not None else None), headers=headers)
 
     async def logprobs(self, job: Job, completion_ids: list[int], completion_text: str) -> dict:
         """OpenAI's legacy logprobs object: tokens, token_logprobs, top_logprobs, text_offset.
@@ -609,6 +614,9 @@ ERRORS = {"default": {"model": ErrorResponse, "description": "an error in OpenAI
 JSON_OR_SSE = {200: {"description": "the reply (stream: true gives server-sent events)",
                      "content": {"application/json": {"schema": {"type": "object"}},
                                  "text/event-stream": {"schema": {"type": "string"}}}}}
+CHAT_REPLY = {200: {**JSON_OR_SSE[200], "headers": {DROPPED_HEADER: {
+    "description": "how many of the oldest messages (after the system prompt) were left out to fit the context; 0: none",
+    "schema": {"type": "integer", "minimum": 0}}}}}
 
 
 def _openapi(app: FastAPI) -> dict:
@@ -664,6 +672,12 @@ def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_00
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # The page declares no icon of its own to fetch, but browsers still ask here for any other page
+        # (/health, /docs): "no icon" rather than a 404 in the access log.
+        return Response(status_code=204)
+
     @app.get("/health", response_model=Health, responses=ERRORS)
     async def health() -> dict:
         return {"status": "ok", "model": name, "chat": loaded.is_chat, "context": context, **batcher.load()}
@@ -688,7 +702,7 @@ def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_00
                            code="model_not_found")
         return model_card()
 
-    @app.post("/v1/chat/completions", response_class=Response, responses={**ERRORS, **JSON_OR_SSE})
+    @app.post("/v1/chat/completions", response_class=Response, responses={**ERRORS, **CHAT_REPLY})
     async def chat_completions(request: Request) -> Response:
         arrived = time.monotonic()
         req: ChatRequest = await _parse(request, ChatRequest)
@@ -708,10 +722,13 @@ def create_app(batcher: Batcher, loaded: LoadedModel, max_body_bytes: int = 1_00
         server.admit()  # before tokenizing: a full queue costs nothing
         try:
             # Tokenizing up to a megabyte of text: off the event loop, so streams keep flowing.
-            ids, _dropped = await run_in_threadpool(chat_prompt, messages, context, params.max_tokens)
+            ids, dropped = await run_in_threadpool(chat_prompt, messages, context, params.max_tokens)
         except PromptError as exc:
             raise APIError(400, str(exc), param="messages", code="context_length_exceeded") from None
-        return await server.answer(_job(req, ids, params), Reply(True, name), request, arrived)
+        # A header, not a body field: it reaches a streaming client before the first token, and OpenAI's
+        # clients neither need nor trip over it.
+        return await server.answer(_job(req, ids, params), Reply(True, name), request, arrived,
+                                   headers={DROPPED_HEADER: str(dropped)})
 
     @app.post("/v1/completions", response_class=Response, responses={**ERRORS, **JSON_OR_SSE})
     async def completions(request: Request) -> Response:

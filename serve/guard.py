@@ -22,7 +22,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 access_log = logging.getLogger("planck.serve.access")
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-ROUTES = ("/", "/health", "/metrics", "/openapi.json", "/docs", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/", "/favicon.ico", "/health", "/metrics", "/openapi.json", "/docs", "/v1/models", "/v1/chat/completions",
+          "/v1/completions")
+# Our own response headers, which an --allowed-origin page's script may only read when CORS exposes them.
+DROPPED_HEADER = "X-Planck-Dropped-Messages"  # chat: how many old messages were left out to fit the context
+EXPOSED_HEADERS = DROPPED_HEADER.encode("latin-1")
 
 
 @dataclass
@@ -161,6 +165,7 @@ class Guard:
                 if cors:
                     message = {**message, "headers": [*message.get("headers", []),
                                                       (b"access-control-allow-origin", origin.encode("latin-1")),
+                                                      (b"access-control-expose-headers", EXPOSED_HEADERS),
                                                       (b"vary", b"Origin")]}
             elif message["type"] == "http.response.body" and head:
                 message = {**message, "body": b""}  # HEAD: the GET's headers (Content-Length included), no body

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from planck.model.weights import LoadedModel
-from planck.schemas.chat_template import render_conversation
 from planck.schemas.rows import Message
 
 from .batcher import Batcher, Finished, SamplingParams, TextDelta
@@ -21,6 +20,9 @@ from .prompt import PromptError, chat_prompt, completion_prompt
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 HINT = "/help for commands, Ctrl-C stops a reply, Ctrl-D or /quit leaves"
+# What a prompt holds besides the conversation: <|endoftext|> opening it, and an empty question's
+# <|user_start|> <|user_end|> <|assistant_start|>.
+PROMPT_FRAME_TOKENS = 4
 
 
 @dataclass
@@ -201,10 +203,16 @@ class Session:
 
     # ---- what /show prints -------------------------------------------------------------------
 
-    def conversation_tokens(self) -> int:
-        """Tokens the remembered conversation (with the system prompt) takes in the context."""
-        messages = [*self.system_messages(), *self.history]
-        return len(render_conversation(messages)[0]) if messages else 0
+    def context_use(self) -> tuple[int, int]:
+        """Tokens of the conversation the model sees before the next question, and how many old messages no longer fit."""
+        # Fitted as the next question will be (chat_prompt, with that question still empty), not counted
+        # whole: the last reply may have run to the end of the context (and its text may take more tokens
+        # re-read than it took generated), and a system prompt or max_tokens set since may leave less room.
+        # PromptError when the system prompt alone leaves no room.
+        history = self.history if self.settings.memory else []
+        messages = [*self.system_messages(), *history, Message("user", "")]
+        ids, dropped = chat_prompt(messages, self.context, self.settings.params.max_tokens)
+        return len(ids) - PROMPT_FRAME_TOKENS, dropped
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -223,10 +231,13 @@ class Command:
 
 
 def cmd_help(s: Session, arg: str) -> None:
-    """/help: one line per command."""
+    """/help: one line per command, then the aliases."""
     width = max(len(c.usage) for c in COMMANDS.values())
     for c in COMMANDS.values():
         s.say(f"  {c.usage.ljust(width)}  {c.help}")
+    s.say("aliases (the original PlanckGPT's memory commands among them):")
+    for alias, target in ALIASES.items():
+        s.say(f"  {alias.ljust(width)}  same as {target}")
     s.note(f"  anything else is sent to the model. {HINT}")
 
 
@@ -267,7 +278,22 @@ def cmd_show(s: Session, arg: str) -> None:
         s.say("(empty conversation)")
     for m in messages:
         s.say(f"{s.style.bold(m.role + ':')} {printable(m.content)}")
-    s.note(f"[{s.conversation_tokens()} of {s.context} context tokens; memory {'on' if s.settings.memory else 'off'}]")
+    try:
+        seen, dropped = s.context_use()
+    except PromptError:
+        s.note(f"[the system prompt alone fills the {s.context}-token context: every question will be refused; "
+               "/system shortens it]")
+        return
+    if not s.settings.memory:
+        s.note(f"[{seen} of {s.context} context tokens; memory off: the model sees "
+               f"{'the system prompt and ' if s.settings.system else ''}each question alone]")
+        return
+    left_out = ""
+    if dropped == 1:
+        left_out = "; the oldest message no longer fits and will be left out"
+    elif dropped:
+        left_out = f"; the oldest {dropped} messages no longer fit and will be left out"
+    s.note(f"[{seen} of {s.context} context tokens before your next message{left_out}; memory on]")
 
 
 def cmd_system(s: Session, arg: str) -> None:
@@ -324,7 +350,7 @@ COMMANDS: dict[str, Command] = {
     "/clear": Command("/clear", "clear the screen (the conversation stays)", cmd_clear),
     "/memory": Command("/memory [on|off]", "remember the conversation, or answer each question on its own", cmd_memory),
     "/reset": Command("/reset", "forget the conversation (the system prompt stays)", cmd_reset),
-    "/show": Command("/show", "print the remembered conversation and its length in tokens", cmd_show),
+    "/show": Command("/show", "print the remembered conversation and how many context tokens of it the model sees", cmd_show),
     "/system": Command("/system [TEXT]", "set the system prompt (empty: clear it)", cmd_system),
     "/temp": setting("/temp X", "sampling temperature (0 = greedy)", "temperature", float),
     "/topk": setting("/topk N", "sample among the N likeliest tokens", "top_k", int),
@@ -334,17 +360,33 @@ COMMANDS: dict[str, Command] = {
     "/settings": Command("/settings", "print the current settings", cmd_settings),
     "/quit": Command("/quit", "leave (so does Ctrl-D)", cmd_quit),
 }
-ALIASES = {"/exit": "/quit", "/?": "/help"}
+# Another name -> the command line it stands for. The original PlanckGPT's chat called memory (the
+# conversation kept between questions) by these names; an alias that fixes an argument takes none.
+ALIASES = {
+    "/enablemem": "/memory on",
+    "/disablemem": "/memory off",
+    "/clearmem": "/reset",
+    "/showmem": "/show",
+    "/exit": "/quit",
+    "/?": "/help",
+}
 
 
 def run_command(s: Session, line: str) -> bool:
     """Run one /command line; True means leave."""
     name, arg = (line.split(None, 1) + [""])[:2]
-    command = COMMANDS.get(ALIASES.get(name, name))
+    arg = arg.strip()
+    if name in ALIASES:
+        target, fixed = (ALIASES[name].split(None, 1) + [""])[:2]
+        if fixed and arg:
+            s.error(f"usage: {name} (it takes no argument: it is {ALIASES[name]})")
+            return False
+        name, arg = target, fixed or arg
+    command = COMMANDS.get(name)
     if command is None:
         s.error(f"unknown command {name}: /help lists them")
         return False
-    return bool(command.run(s, arg.strip()))
+    return bool(command.run(s, arg))
 
 
 # ---- input -------------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ def test_banner_and_help(chat):
     out = command(chat, "/help")
     for name in ("/temp", "/topk", "/topp", "/max", "/seed", "/memory", "/reset", "/show", "/clear", "/system", "/settings", "/quit"):
         assert re.search(rf"^  {re.escape(name)}\b", out, re.M), f"{name} missing from /help:\n{out}"
+    for alias, target in (("/enablemem", "/memory on"), ("/disablemem", "/memory off"), ("/clearmem", "/reset"),
+                          ("/showmem", "/show"), ("/exit", "/quit")):
+        assert re.search(rf"^  {re.escape(alias)} +same as {re.escape(target)}$", out, re.M), f"{alias} missing:\n{out}"
     assert "unknown command /nope" in command(chat, "/nope")
 
 
@@ -88,7 +91,8 @@ def test_reply_show_reset(chat):
     shown = command(chat, "/show")
     assert "user: What is the capital of France?" in shown
     assert re.search(r"^assistant: +\S", shown, re.M)
-    assert re.search(r"\[\d+ of 128 context tokens; memory on\]", shown)
+    seen = re.search(r"\[(\d+) of 128 context tokens before your next message(; the oldest .*)?; memory on\]", shown)
+    assert seen and 0 < int(seen[1]) < 128, shown
     assert "conversation forgotten" in command(chat, "/reset")
     assert "(empty conversation)" in command(chat, "/show")
 
@@ -291,3 +295,99 @@ def test_length_stop_note_and_base_models():
 
 def test_model_text_cannot_drive_the_terminal():
     assert printable("a\x1b[2Jb\tc\nd\re\x9b") == "a\u241b[2Jb\tc\nd\u240de\ufffd"
+
+
+# ---- /show counts what the model will see ------------------------------------------------------
+
+SHOW = re.compile(r"\[(\d+) of (\d+) context tokens before your next message(?:; the oldest (?:(\d+) messages no longer fit"
+                  r"|message no longer fits) and will be left out)?; memory on\]")
+
+
+def shown_counts(out: str) -> list[tuple[int, int]]:
+    """(tokens, dropped) of every memory-on /show line."""
+    return [(int(m[1]), int(m[3] or (1 if "message no longer fits" in m[0] else 0))) for m in SHOW.finditer(out)]
+
+
+def expected_show(messages: list[Message], context: int, max_tokens: int) -> tuple[int, int]:
+    """What /show must print: the conversation fitted as the next (still empty) question will fit it."""
+    ids, dropped = chat_prompt([*messages, Message("user", "")], context, max_tokens)
+    return len(ids) - 4, dropped  # not <|endoftext|> nor the empty question's three tokens
+
+
+def test_show_never_counts_more_than_the_context():
+    # The bug: a reply that runs to the context's end made /show print "[76 of 64 context tokens]" (the whole
+    # remembered conversation, never fitted). The fake engine's reply alone is longer than the context.
+    reply = "word " * 80
+    out, _ = session(["hi", "/show"], batcher=FakeBatcher(context=64, pieces=(reply,)))
+    assert shown_counts(out) == [expected_show([Message("user", "hi"), Message("assistant", reply)], 64, 20)]
+    seen, dropped = shown_counts(out)[0]
+    assert seen < 64 and dropped == 2  # even the reply no longer fits: the next question goes alone
+    assert "the oldest 2 messages no longer fit and will be left out" in out
+    assert "user: hi" in out.split("you> /show\n")[1]  # still listed: it is remembered until the next question
+
+
+def test_show_counts_after_a_new_system_prompt_and_max_tokens():
+    b = FakeBatcher(context=128, pieces=("Hello there, " * 3,))
+    lines = ["first question", "second question", "/show", "/system " + "Be very brief. " * 20, "/show", "/max 5", "/show"]
+    out, _ = session(lines, batcher=b)
+    history = [Message("user", "first question"), Message("assistant", "Hello there, " * 3),
+               Message("user", "second question"), Message("assistant", "Hello there, " * 3)]
+    system = [Message("system", ("Be very brief. " * 20).strip())]
+    assert shown_counts(out) == [expected_show(history, 128, 20), expected_show(system + history, 128, 20),
+                                 expected_show(system + history, 128, 5)]
+    counts = shown_counts(out)
+    assert counts[0][1] == 0 and counts[1][1] == 2  # the long system prompt leaves no room for the first exchange
+    assert counts[2][1] == 0  # a shorter reply budget makes room again
+    assert all(seen < 128 for seen, _ in counts)
+
+
+def test_show_edge_cases():
+    out, b = session(["/show", "x" * 20_000, "/show", "hello", "/memory off", "/show"], batcher=FakeBatcher(context=64))
+    parts = out.split("you> /show\n")
+    assert "(empty conversation)" in parts[1] and "[0 of 64 context tokens before your next message; memory on]" in parts[1]
+    # A single question longer than the context: refused, nothing remembered, /show unchanged.
+    assert "context holds 64" in parts[1] and "(empty conversation)" in parts[2] and len(b.prompts) == 1
+    assert "[0 of 64 context tokens before your next message; memory on]" in parts[2]
+    # Memory off: the model sees each question alone, whatever is remembered.
+    assert "user: hello" in parts[3]
+    assert "[0 of 64 context tokens; memory off: the model sees each question alone]" in parts[3]
+    out, _ = session(["/system Be brief.", "/memory off", "/show"], batcher=FakeBatcher(context=64))
+    seen = expected_show([Message("system", "Be brief.")], 64, 20)[0]
+    assert f"[{seen} of 64 context tokens; memory off: the model sees the system prompt and each question alone]" in out
+    # A system prompt that fills the context alone: every question would be refused, and /show says so.
+    out, _ = session(["/system " + "rules " * 100, "/show", "hi"], batcher=FakeBatcher(context=64))
+    assert "[the system prompt alone fills the 64-token context: every question will be refused; /system shortens it]" in out
+    assert "context holds 64" in out.split("you> hi\n")[1]
+
+
+# ---- the original PlanckGPT's memory commands ------------------------------------------------
+
+
+def test_original_memory_commands_are_aliases():
+    lines = ["/disablemem", "hi", "again", "/enablemem", "one", "two", "/showmem", "/clearmem", "/showmem"]
+    out, b = session(lines, system="Be brief.")
+    sys_msg, reply = Message("system", "Be brief."), Message("assistant", "Hello there.")
+    assert "memory off: each question is answered on its own" in out.split("you> /disablemem\n")[1]
+    # Memory off: each question went alone (with the system prompt), and nothing was remembered.
+    assert b.prompts[0] == chat_prompt([sys_msg, Message("user", "hi")], 128, 20)[0]
+    assert b.prompts[1] == chat_prompt([sys_msg, Message("user", "again")], 128, 20)[0]
+    assert "memory on: the conversation is remembered (0 messages so far)" in out.split("you> /enablemem\n")[1]
+    assert b.prompts[3] == chat_prompt([sys_msg, Message("user", "one"), reply, Message("user", "two")], 128, 20)[0]
+    shows = out.split("you> /showmem\n")
+    assert "user: one" in shows[1] and "user: two" in shows[1] and "user: hi" not in shows[1]
+    assert shown_counts(shows[1]) == [expected_show([sys_msg, Message("user", "one"), reply, Message("user", "two"), reply], 128, 20)]
+    assert "conversation forgotten (system prompt kept)" in out.split("you> /clearmem\n")[1]
+    assert "system: Be brief." in shows[2] and "user:" not in shows[2]
+
+
+def test_alias_edge_cases():
+    out, _ = session(["/enablemem now", "/clearmem all", "/showmem please", "/exit"])
+    assert "usage: /enablemem (it takes no argument: it is /memory on)" in out
+    assert "unknown command" not in out
+    assert "conversation forgotten" in out  # /reset takes no argument and ignores one, as before
+    assert out.count("(empty conversation)") == 1 and out.rstrip().endswith("bye")
+    out, _ = session(["/enablemem", "/disablemem", "/showmem", "/clearmem"], chat=False)
+    assert out.count("memory is unavailable for base models") == 2
+    assert "no conversation: base models" in out and "conversation forgotten" in out
+    out, _ = session(["/?"])
+    assert "  /enablemem" in out and "same as /memory on" in out
