@@ -75,7 +75,11 @@ def ours_once(config: str, overrides: list[str], steps: int, variant: str = "def
 
     variant "reference-loss": the step with the straightforward loss (full (B, T, V) logits, autodiff;
     what token_loss_sum was before the fused path), for before/after figures in one run.
+    variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU).
     """
+    if variant == "autodiff-linears":
+        import planck.model.matmul as matmul_mod
+        matmul_mod.use_row_major_gradient = lambda: False
     if variant == "reference-loss":
         import planck.train.step as step_mod
         from planck.model.loss import reference_token_loss_sum
@@ -182,7 +186,7 @@ def main() -> None:
                     help="folder for the result (train_step_CONFIG.json, or compare_original.json)")
     ap.add_argument("--ours-once", action="store_true",
                     help="time our step once at --config/--set and print one JSON line (what --compare-original runs)")
-    ap.add_argument("--variant", default="default", choices=["default", "reference-loss"],
+    ap.add_argument("--variant", default="default", choices=["default", "reference-loss", "autodiff-linears"],
                     help="--ours-once: reference-loss = the step with the straightforward (pre-fused) loss")  # one subprocess of --compare-original
     args = ap.parse_args()
     if args.compare_original:
