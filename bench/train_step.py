@@ -75,11 +75,15 @@ def ours_once(config: str, overrides: list[str], steps: int, variant: str = "def
 
     variant "reference-loss": the step with the straightforward loss (full (B, T, V) logits, autodiff;
     what token_loss_sum was before the fused path), for before/after figures in one run.
-    variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU).
+    variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU);
+    "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both".
     """
-    if variant == "autodiff-linears":
+    if variant in ("autodiff-linears", "autodiff-both"):
         import planck.model.matmul as matmul_mod
         matmul_mod.use_row_major_gradient = lambda: False
+    if variant in ("xla-attention", "autodiff-both"):
+        import planck.model.attention as attention_mod
+        attention_mod.use_folded_attention = lambda: False
     if variant == "reference-loss":
         import planck.train.step as step_mod
         from planck.model.loss import reference_token_loss_sum
@@ -186,7 +190,7 @@ def main() -> None:
                     help="folder for the result (train_step_CONFIG.json, or compare_original.json)")
     ap.add_argument("--ours-once", action="store_true",
                     help="time our step once at --config/--set and print one JSON line (what --compare-original runs)")
-    ap.add_argument("--variant", default="default", choices=["default", "reference-loss", "autodiff-linears"],
+    ap.add_argument("--variant", default="default", choices=["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both"],
                     help="--ours-once: reference-loss = the step with the straightforward (pre-fused) loss")  # one subprocess of --compare-original
     args = ap.parse_args()
     if args.compare_original:

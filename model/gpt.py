@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from planck.model.config import ModelConfig
+from planck.model import attention as folded
 from planck.model.matmul import dense
 
 RMS_EPS = 1e-6
@@ -134,7 +135,11 @@ class Attention(nnx.Module):
         # nanochat's so the two models read alike. Both run in float32, then cast once.
         q_BxTxNxH = rms_norm(rope(q_BxTxNxH.astype(jnp.float32), positions_BxT, self.rope_base)).astype(dt)
         k_BxTxKxH = rms_norm(rope(k_BxTxKxH.astype(jnp.float32), positions_BxT, self.rope_base)).astype(dt)
-        if cache is None:
+        if cache is None and folded.use_folded_attention():
+            # XLA:CPU: the query heads folded into rows, batched row-major matmuls (model/attention.py).
+            y_BxTxNxH = folded.causal_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+            new_cache = (k_BxTxKxH, v_BxTxKxH)
+        elif cache is None:
             # K/V with fewer heads are broadcast over the query groups inside the call, never repeated.
             y_BxTxNxH = jax.nn.dot_product_attention(
                 q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, is_causal=True, implementation=attention_implementation(dt)

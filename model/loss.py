@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from .gpt import GPT
+from .matmul import physical_transpose
 
 # --- The loss path: head, soft-cap and cross-entropy fused, in chunks of tokens, with its own gradient ---
 #
@@ -25,29 +26,29 @@ from .gpt import GPT
 # (1 - tanh^2), and applies the two backward head matmuls right away; the backward pass only
 # scales their results by the incoming cotangent (a scalar: the loss sum).
 
-LOSS_CHUNK = 256  # tokens per chunk of the fused loss (measured best of 128-2048 on CPU; see bench/README.md)
+LOSS_CHUNK = 512  # tokens per chunk of the fused loss (measured best of 256-1024 on CPU at D 128 and 384; bench/README.md)
 
 
 def _ce_chunk(h_CxD, ht_DxC, w_DxV, wt_VxD, targets_C, mask_C, cap: float, with_grads: bool):
-    """Masked soft-capped cross-entropy sum of one chunk of C tokens, given their hidden states and its transpose (D, C).
+    """Masked soft-capped cross-entropy sum of one chunk of C tokens; with_grads: also d loss / d h (C, D), d loss / d w (D, V).
 
-    with_grads: also d loss / d h, transposed (D, C), and d loss / d w, transposed (V, D), both float32.
-    w_DxV and wt_VxD are the head kernel and its transpose, already in h's dtype. The logits are
-    formed transposed, (V, C): then all three head matmuls contract a row-major operand's rows
-    with another's columns (measured on CPU: 1.6x faster than the (C, V) layout, whose kernel
-    gradient needs a transposed operand).
+    w_DxV is the head kernel in h's dtype; ht_DxC and wt_VxD are h's and w's transposes as new
+    row-major arrays (model/matmul.py physical_transpose), so the logits h @ w, d h = dz @ w^T and
+    d w = h^T @ dz are all row-major matmuls that XLA:CPU runs on its 16-bit kernel, and the
+    vocabulary is the contiguous axis of every (C, V) array. Measured against the transposed (V, C)
+    layout this replaced: 11% faster on the loss path at D 384 with 512-token chunks (bench/README.md).
     """
-    V = wt_VxD.shape[0]
-    zt_VxC = jnp.dot(wt_VxD, ht_DxC, preferred_element_type=jnp.float32)  # float32 logits, as nnx.Linear gives
-    t_VxC = jnp.tanh(zt_VxC / cap)
-    logits_VxC = cap * t_VxC
+    V = w_DxV.shape[1]
+    z_CxV = jnp.dot(h_CxD, w_DxV, preferred_element_type=jnp.float32)  # float32 logits, as nnx.Linear gives
+    t_CxV = jnp.tanh(z_CxV / cap)
+    logits_CxV = cap * t_CxV
     # log-sum-exp without a max-shift: the soft-capped logits lie in [-cap, cap], so exp cannot overflow.
-    e_VxC = jnp.exp(logits_VxC)
-    sum_C = jnp.sum(e_VxC, axis=0)
-    # The target's logit by a gather (C values), not a one-hot reduction over (V, C). An out-of-range
+    e_CxV = jnp.exp(logits_CxV)
+    sum_C = jnp.sum(e_CxV, axis=1)
+    # The target's logit by a gather (C values), not a one-hot reduction over (C, V). An out-of-range
     # target gathers NaN, as take_along_axis does; `where` keeps masked-out ones out of the sum.
     in_range_C = (targets_C >= 0) & (targets_C < V)
-    target_logit_C = jnp.take_along_axis(logits_VxC, jnp.clip(targets_C, 0, V - 1)[None, :], axis=0)[0]
+    target_logit_C = jnp.take_along_axis(logits_CxV, jnp.clip(targets_C, 0, V - 1)[:, None], axis=1)[:, 0]
     nll_C = jnp.where(in_range_C, jnp.log(sum_C) - target_logit_C, jnp.nan)
     trained_C = mask_C > 0
     loss = jnp.sum(jnp.where(trained_C, nll_C * mask_C, 0.0))
@@ -55,15 +56,14 @@ def _ce_chunk(h_CxD, ht_DxC, w_DxV, wt_VxD, targets_C, mask_C, cap: float, with_
         return loss
     weight_C = jnp.where(trained_C, mask_C, 0.0)
     # d loss / d z = weight * (softmax - one_hot) * (1 - tanh(z / cap)^2), cast to the matmul dtype.
-    onehot_VxC = jnp.arange(V, dtype=jnp.int32)[:, None] == targets_C[None, :]
-    p_VxC = e_VxC * (weight_C / sum_C)[None, :]
-    dzt_VxC = (p_VxC - jnp.where(onehot_VxC, weight_C[None, :], 0.0)) * (1.0 - t_VxC * t_VxC)
+    onehot_CxV = jnp.arange(V, dtype=jnp.int32)[None, :] == targets_C[:, None]
+    p_CxV = e_CxV * (weight_C / sum_C)[:, None]
+    dz_CxV = (p_CxV - jnp.where(onehot_CxV, weight_C[:, None], 0.0)) * (1.0 - t_CxV * t_CxV)
     # In the compute dtype for the two matmuls (float32 accumulation): measured 1.3x faster than float32 dz on CPU.
-    mm = ht_DxC.dtype
-    dzt_VxC = dzt_VxC.astype(mm)
-    dht_DxC = jnp.dot(w_DxV.astype(mm), dzt_VxC, preferred_element_type=jnp.float32)
-    dwt_VxD = jnp.dot(dzt_VxC, h_CxD.astype(mm), preferred_element_type=jnp.float32)
-    return loss, dht_DxC, dwt_VxD
+    dz_CxV = dz_CxV.astype(h_CxD.dtype)
+    dh_CxD = jnp.dot(dz_CxV, wt_VxD, preferred_element_type=jnp.float32)
+    dw_DxV = jnp.dot(ht_DxC, dz_CxV, preferred_element_type=jnp.float32)
+    return loss, dh_CxD, dw_DxV
 
 
 def _ce_scan(h_NxD, w_DxV, targets_N, mask_N, cap: float, chunk: int, with_grads: bool):
@@ -72,34 +72,32 @@ def _ce_scan(h_NxD, w_DxV, targets_N, mask_N, cap: float, chunk: int, with_grads
     k = N // chunk
     targets_N, mask_N = targets_N.astype(jnp.int32), mask_N.astype(jnp.float32)
     w_DxV = w_DxV.astype(h_NxD.dtype)
-    wt_VxD = w_DxV.T
-    # Per chunk: the hidden states (chunk, D) and their transpose (D, chunk) (small copies).
     hs = h_NxD.reshape(k, chunk, D)
-    xs = (hs, hs.transpose(0, 2, 1), targets_N.reshape(k, chunk), mask_N.reshape(k, chunk))
     if not with_grads:
         def body(acc, x):
-            return acc + _ce_chunk(*x[:2], w_DxV, wt_VxD, *x[2:], cap, False), None
+            return acc + _ce_chunk(x[0], None, w_DxV, None, *x[1:], cap, False), None
+        xs = (hs, targets_N.reshape(k, chunk), mask_N.reshape(k, chunk))
         if k == 1:
             return body(jnp.float32(0), jax.tree.map(lambda a: a[0], xs))[0]
         return jax.lax.scan(body, jnp.float32(0), xs)[0]
+    # The transposes as new row-major arrays: the kernel's once per call, each chunk's hidden states (small).
+    wt_VxD = physical_transpose(w_DxV)
+    hts = jax.vmap(physical_transpose)(hs)
+    xs = (hs, hts, targets_N.reshape(k, chunk), mask_N.reshape(k, chunk))
 
     def body_grad(carry, x):
-        loss_acc, dwt_acc = carry
-        loss, dht, dwt = _ce_chunk(*x[:2], w_DxV, wt_VxD, *x[2:], cap, True)
-        return (loss_acc + loss, dwt_acc + dwt), dht
+        loss_acc, dw_acc = carry
+        loss, dh, dw = _ce_chunk(*x[:2], w_DxV, wt_VxD, *x[2:], cap, True)
+        return (loss_acc + loss, dw_acc + dw), dh
 
     if k == 1:
         x = jax.tree.map(lambda a: a[0], xs)
-        loss, dht, dwt = _ce_chunk(*x[:2], w_DxV, wt_VxD, *x[2:], cap, True)
-        dhts = dht[None]
+        loss, dh, dw = _ce_chunk(*x[:2], w_DxV, wt_VxD, *x[2:], cap, True)
+        dhs = dh[None]
     else:
-        init = (jnp.float32(0), jnp.zeros(wt_VxD.shape, jnp.float32))
-        (loss, dwt), dhts = jax.lax.scan(body_grad, init, xs)
-    # The barrier keeps XLA from folding the transposes below into the matmuls: a folded one has a
-    # transposed operand that XLA:CPU then sends to a runtime without bf16 x bf16 -> f32 matmuls
-    # ("UNIMPLEMENTED: Unsupported element type for DotThunk"), seen with a single chunk.
-    dhts, dwt = jax.lax.optimization_barrier((dhts, dwt))
-    return loss, dhts.transpose(0, 2, 1).reshape(N, D), dwt.T
+        init = (jnp.float32(0), jnp.zeros(w_DxV.shape, jnp.float32))
+        (loss, dw), dhs = jax.lax.scan(body_grad, init, xs)
+    return loss, dhs.reshape(N, D), dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
