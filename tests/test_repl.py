@@ -112,7 +112,10 @@ def test_greedy_is_deterministic_and_bad_settings_are_refused(chat):
 
 def test_ctrl_c_stops_a_reply_and_not_the_chat(chat):
     assert "max_tokens = 100000" in command(chat, "/max 100000")  # only the context (128) ends a reply
-    for _ in range(5):  # the interrupt races a reply of ~100 tokens; retry if the reply won
+    command(chat, "/temp 1")  # not the greedy setting an earlier test left: sampled replies run on
+    for _ in range(10):  # the interrupt races a reply of ~100 tokens; retry if the reply won
+        # An empty conversation each time: earlier tests' turns would leave the reply only a few tokens of context.
+        command(chat, "/reset")
         chat.sendline("Write a very long story.")
         chat.expect_exact("planck> ")
         chat.sendintr()
