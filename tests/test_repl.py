@@ -111,6 +111,7 @@ def test_greedy_is_deterministic_and_bad_settings_are_refused(chat):
     command(chat, "/memory on")
 
 
+@pytest.mark.skip(reason="races SIGINT against a ~100-token reply; lost every time in full-suite CI runs (passes alone); the stop is tested in-process by test_interrupt_while_printing_cancels_the_request")
 def test_ctrl_c_stops_a_reply_and_not_the_chat(chat):
     assert "max_tokens = 100000" in command(chat, "/max 100000")  # only the context (128) ends a reply
     command(chat, "/temp 1")  # not the greedy setting an earlier test left: sampled replies run on
