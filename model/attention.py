@@ -2,8 +2,8 @@
 
 jax.nn.dot_product_attention's XLA path keeps the heads as a batch axis beside the K/V groups,
 so on XLA:CPU its score and value matmuls (and autodiff's transposes of them) run as many small
-strided matmuls with float32 converts: at the 6 x 384, seq 512 benchmark shape it took 4.7x the
-time of a block's six linears (bench/README.md). Here the query heads that share a K/V head are
+strided matmuls with float32 converts (bench/attention_layouts.py: 1.5x this file's time in
+bf16 at B 4, T 512, 6 heads of 64 over one K/V head). Here the query heads that share a K/V head are
 folded into the rows: q becomes (B*K, T*G, H) with row r = t*G + g, so scores, values and every
 gradient are one batched matmul each over (B*K) with plain row-major operands, which XLA:CPU
 runs on its 16-bit kernel. The arithmetic is the XLA path's: float32 scores times 1/sqrt(H),
@@ -19,6 +19,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from planck.model.matmul import physical_transpose
+
 _F32 = jnp.float32
 
 
@@ -32,34 +34,29 @@ def _bmm_rhs_t(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("zmk,znk->zmn", a, b, preferred_element_type=_F32)
 
 
-def _batched_transpose(a: jax.Array) -> jax.Array:
-    """(Z, M, N) -> (Z, N, M) as a new row-major array (the barriers keep XLA from folding it into a layout)."""
-    z, m, n = a.shape
-    flat = jax.lax.optimization_barrier(jnp.reshape(jnp.swapaxes(a, 1, 2), (-1,)))
-    return jax.lax.optimization_barrier(jnp.reshape(flat, (z, n, m)))
-
-
 def _causal_mask(rows: int, cols: int, group: int) -> jax.Array:
     """(rows, cols): row r (query position r // group) may see key positions up to its own."""
     return jnp.arange(cols)[None, :] <= (jnp.arange(rows) // group)[:, None]
 
 
+def _scale(q: jax.Array) -> jax.Array:
+    return jnp.float32(1.0 / float(q.shape[-1]) ** 0.5)
+
+
 def _probs(q, k, group):
-    scale = 1.0 / float(q.shape[-1]) ** 0.5
-    scores = _bmm_rhs_t(q, k) * jnp.float32(scale)
-    scores = jnp.where(_causal_mask(q.shape[1], k.shape[1], group), scores, -jnp.inf)
-    return jax.nn.softmax(scores, axis=-1), scale  # every row sees key 0: no row is all -inf
+    scores = jnp.where(_causal_mask(q.shape[1], k.shape[1], group), _bmm_rhs_t(q, k) * _scale(q), -jnp.inf)
+    return jax.nn.softmax(scores, axis=-1)  # every row sees key 0: no row is all -inf
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def folded_causal_attention(q_ZxRxH: jax.Array, k_ZxSxH: jax.Array, v_ZxSxH: jax.Array, group: int) -> jax.Array:
     """Causal attention of folded queries (Z, R = T*group, H) over keys/values (Z, S, H); output in q's dtype."""
-    p, _ = _probs(q_ZxRxH, k_ZxSxH, group)
+    p = _probs(q_ZxRxH, k_ZxSxH, group)
     return _bmm(p.astype(v_ZxSxH.dtype), v_ZxSxH).astype(q_ZxRxH.dtype)
 
 
 def _fwd(q, k, v, group):
-    p, _ = _probs(q, k, group)
+    p = _probs(q, k, group)
     return _bmm(p.astype(v.dtype), v).astype(q.dtype), (q, k, v, p)
 
 
@@ -67,13 +64,12 @@ def _bwd(group, residuals, dout_ZxRxH):
     q, k, v, p = residuals
     dt = v.dtype
     dout = dout_ZxRxH.astype(dt)
-    scale = 1.0 / float(q.shape[-1]) ** 0.5
-    dv = _bmm(_batched_transpose(p.astype(dt)), dout)  # P^T @ dout
+    dv = _bmm(physical_transpose(p.astype(dt)), dout)  # P^T @ dout
     dp = _bmm_rhs_t(dout, v)  # dout @ V^T, float32
     ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax's gradient; masked entries have p = 0
-    ds = (ds * jnp.float32(scale)).astype(dt)
+    ds = (ds * _scale(q)).astype(dt)
     dq = _bmm(ds, k)
-    dk = _bmm(_batched_transpose(ds), q.astype(dt))
+    dk = _bmm(physical_transpose(ds), q.astype(dt))
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 

@@ -82,7 +82,7 @@ def _ce_scan(h_NxD, w_DxV, targets_N, mask_N, cap: float, chunk: int, with_grads
         return jax.lax.scan(body, jnp.float32(0), xs)[0]
     # The transposes as new row-major arrays: the kernel's once per call, each chunk's hidden states (small).
     wt_VxD = physical_transpose(w_DxV)
-    hts = jax.vmap(physical_transpose)(hs)
+    hts = physical_transpose(hs)
     xs = (hs, hts, targets_N.reshape(k, chunk), mask_N.reshape(k, chunk))
 
     def body_grad(carry, x):

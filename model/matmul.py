@@ -23,10 +23,10 @@ from flax import nnx
 
 
 def physical_transpose(a: jax.Array) -> jax.Array:
-    """a.T as a new row-major array: the barriers stop XLA from folding it back into a layout change."""
-    rows, cols = a.shape
-    flat = jax.lax.optimization_barrier(jnp.reshape(a.T, (-1,)))
-    return jax.lax.optimization_barrier(jnp.reshape(flat, (cols, rows)))
+    """a with its last two axes swapped, as a new row-major array: the barriers stop XLA from folding it back into a layout change."""
+    *lead, rows, cols = a.shape
+    flat = jax.lax.optimization_barrier(jnp.reshape(jnp.swapaxes(a, -1, -2), (-1,)))
+    return jax.lax.optimization_barrier(jnp.reshape(flat, (*lead, cols, rows)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -47,3 +47,12 @@ def wait_idle(batcher, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def embedded_shards(folder: Path, max_tokens: str, val_tokens: str, shard_tokens: str) -> Path:
+    """Pretraining shards of the embedded corpus written by `planck tokenize pretrain` into `folder` (returned)."""
+    from planck.cli import main
+
+    assert main(["tokenize", "pretrain", "--source", "embedded", "--out", str(folder), "--max-tokens", max_tokens,
+                 "--val-tokens", val_tokens, "--shard-tokens", shard_tokens, "--workers", "1", "--quiet"]) == 0
+    return folder

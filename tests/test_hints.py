@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from planck.cli import main
+from planck_testing import embedded_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,10 +53,7 @@ def test_an_unknown_preset_lists_the_presets(command, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("shards") / "pretrain"
-    assert main(["tokenize", "pretrain", "--source", "embedded", "--out", str(d), "--max-tokens", "20k",
-                 "--val-tokens", "2k", "--shard-tokens", "20k", "--workers", "1", "--quiet"]) == 0
-    return d
+    return embedded_shards(tmp_path_factory.mktemp("shards") / "pretrain", "20k", "2k", "20k")
 
 
 def test_re_running_a_finished_run_names_its_final_step(shards, tmp_path, capsys):

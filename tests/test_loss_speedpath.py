@@ -161,3 +161,10 @@ def test_physical_transpose_is_a_transpose():
 
     a = jnp.arange(12, dtype=jnp.bfloat16).reshape(3, 4)
     np.testing.assert_array_equal(np.asarray(jax.jit(physical_transpose)(a)), np.asarray(a).T)
+
+
+def test_physical_transpose_swaps_the_last_two_axes_of_a_batch():
+    from planck.model.matmul import physical_transpose
+
+    a = jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(np.asarray(jax.jit(physical_transpose)(a)), np.swapaxes(np.asarray(a), 1, 2))

@@ -13,6 +13,7 @@ import pytest
 
 from planck.cli import main
 from planck.report.markdown import fmt_int, fmt_sig
+from planck_testing import embedded_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,10 +32,7 @@ def metrics(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("shards") / "pretrain"
-    assert main(["tokenize", "pretrain", "--source", "embedded", "--out", str(d), "--max-tokens", "30k",
-                 "--val-tokens", "4k", "--shard-tokens", "20k", "--workers", "1", "--quiet"]) == 0
-    return d
+    return embedded_shards(tmp_path_factory.mktemp("shards") / "pretrain", "30k", "4k", "20k")
 
 
 @pytest.fixture(scope="module")

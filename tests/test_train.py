@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from planck_testing import embedded_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,12 +39,7 @@ def losses(run_dir: Path) -> list[tuple[int, float, float]]:
 
 @pytest.fixture(scope="module")
 def pretrain_shards(tmp_path_factory) -> Path:
-    from planck.cli import main
-
-    d = tmp_path_factory.mktemp("shards") / "pretrain"
-    assert main(["tokenize", "pretrain", "--source", "embedded", "--out", str(d), "--max-tokens", "60k",
-                 "--val-tokens", "4k", "--shard-tokens", "30k", "--workers", "1", "--quiet"]) == 0
-    return d
+    return embedded_shards(tmp_path_factory.mktemp("shards") / "pretrain", "60k", "4k", "30k")
 
 
 STEPS = ["--set", "train.steps=16", "--set", "train.log_every=1", "--set", "train.checkpoint_every=4",

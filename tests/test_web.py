@@ -4,6 +4,7 @@ is answered with a 2xx."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from html.parser import HTMLParser
@@ -21,6 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+@contextlib.contextmanager
+def browser_page():
+    """A page of a fresh headless Chromium, closed on leaving."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b.new_page()
+        finally:
+            b.close()
+
 
 browser = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the system browser /usr/bin/chromium (CI installs it)")
 CONTEXT = 128  # the test model's (tests/conftest.py)
@@ -48,51 +62,46 @@ def server_url(chat_server):
 
 @browser
 def test_page_streams_a_reply_and_sends_the_history(server_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            sent = []
-            page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
-            page.goto(server_url)
-            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
-            page.evaluate(RECORDER)
-            page.fill("#temperature", "0")  # greedy: the same reply every run
-            page.fill("#max_tokens", "60")
-            page.fill("#prompt", "Hello there")
-            page.click("#send")
-            page.wait_for_function("() => window.__seen.states.includes('streaming') && document.body.dataset.state === 'idle'",
-                                   timeout=60_000)
+    with browser_page() as page:
+        sent = []
+        page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+        page.goto(server_url)
+        expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
+        page.evaluate(RECORDER)
+        page.fill("#temperature", "0")  # greedy: the same reply every run
+        page.fill("#max_tokens", "60")
+        page.fill("#prompt", "Hello there")
+        page.click("#send")
+        page.wait_for_function("() => window.__seen.states.includes('streaming') && document.body.dataset.state === 'idle'",
+                               timeout=60_000)
 
-            assistant = page.locator(".message.assistant")
-            expect(assistant).to_have_count(1)
-            first = assistant.first.text_content()
-            assert first.strip()
-            lengths = page.evaluate("() => window.__seen.lengths")
-            assert lengths == sorted(lengths) and lengths[-1] == len(first)
-            assert len(set(lengths)) >= 5, f"the reply arrived in too few pieces to have streamed: {lengths}"
-            expect(page.locator(".note")).to_have_text("(stopped: length limit)")
-            assert sent[0]["stream"] is True and sent[0]["max_tokens"] == 60 and sent[0]["temperature"] == 0
-            assert sent[0]["messages"] == [{"role": "user", "content": "Hello there"}]
+        assistant = page.locator(".message.assistant")
+        expect(assistant).to_have_count(1)
+        first = assistant.first.text_content()
+        assert first.strip()
+        lengths = page.evaluate("() => window.__seen.lengths")
+        assert lengths == sorted(lengths) and lengths[-1] == len(first)
+        assert len(set(lengths)) >= 5, f"the reply arrived in too few pieces to have streamed: {lengths}"
+        expect(page.locator(".note")).to_have_text("(stopped: length limit)")
+        assert sent[0]["stream"] is True and sent[0]["max_tokens"] == 60 and sent[0]["temperature"] == 0
+        assert sent[0]["messages"] == [{"role": "user", "content": "Hello there"}]
 
-            page.fill("#prompt", "Tell me more")
-            page.press("#prompt", "Enter")
-            page.wait_for_function(
-                "() => document.querySelectorAll('.message.assistant').length === 2 && document.body.dataset.state === 'idle'",
-                timeout=60_000,
-            )
-            expect(page.locator(".message.user")).to_have_count(2)
-            expect(page.locator(".message.error")).to_have_count(0)
-            assert assistant.nth(1).text_content().strip()
-            assert sent[1]["messages"] == [
-                {"role": "user", "content": "Hello there"},
-                {"role": "assistant", "content": first},
-                {"role": "user", "content": "Tell me more"},
-            ]
-        finally:
-            browser.close()
+        page.fill("#prompt", "Tell me more")
+        page.press("#prompt", "Enter")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.message.assistant').length === 2 && document.body.dataset.state === 'idle'",
+            timeout=60_000,
+        )
+        expect(page.locator(".message.user")).to_have_count(2)
+        expect(page.locator(".message.error")).to_have_count(0)
+        assert assistant.nth(1).text_content().strip()
+        assert sent[1]["messages"] == [
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "Tell me more"},
+        ]
     load = httpx.get(f"{server_url}/health").json()
     assert load["busy"] == 0 and load["waiting"] == 0
 
@@ -137,29 +146,24 @@ def keyed_url(chat_checkpoint):
 
 @browser
 def test_page_asks_for_the_api_key_once_and_keeps_it(keyed_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            asked = []
-            page.on("dialog", lambda d: (asked.append(d.message), d.accept("page-key")))
-            page.goto(keyed_url)
-            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)  # /v1/models: 401, asked, retried
-            assert len(asked) == 1 and "API key" in asked[0]
-            assert page.evaluate("() => localStorage.getItem('planck-api-key')") == "page-key"
-            page.fill("#max_tokens", "5")
-            page.fill("#prompt", "Hello there")
-            page.click("#send")
-            page.wait_for_function("() => document.querySelectorAll('.message.assistant').length === 1 "
-                                   "&& document.body.dataset.state === 'idle'", timeout=60_000)
-            expect(page.locator(".message.error")).to_have_count(0)
-            page.reload()  # the key is kept: no second question
-            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
-            assert len(asked) == 1
-        finally:
-            browser.close()
+    with browser_page() as page:
+        asked = []
+        page.on("dialog", lambda d: (asked.append(d.message), d.accept("page-key")))
+        page.goto(keyed_url)
+        expect(page.locator("#model")).to_have_text("chat", timeout=30_000)  # /v1/models: 401, asked, retried
+        assert len(asked) == 1 and "API key" in asked[0]
+        assert page.evaluate("() => localStorage.getItem('planck-api-key')") == "page-key"
+        page.fill("#max_tokens", "5")
+        page.fill("#prompt", "Hello there")
+        page.click("#send")
+        page.wait_for_function("() => document.querySelectorAll('.message.assistant').length === 1 "
+                               "&& document.body.dataset.state === 'idle'", timeout=60_000)
+        expect(page.locator(".message.error")).to_have_count(0)
+        page.reload()  # the key is kept: no second question
+        expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
+        assert len(asked) == 1
 
 
 # ---- every request the page makes succeeds --------------------------------------------------
@@ -241,18 +245,13 @@ def test_every_url_the_page_fetches_is_answered(server_url):
 
 @browser
 def test_loading_the_page_makes_no_failing_request(chat_server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     start = len(chat_server.log.read_text())
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = b.new_page()
-            page.goto(chat_server.url)
-            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
-            time.sleep(1.5)  # the browser's own requests (an icon) come after the page's
-        finally:
-            b.close()
+    with browser_page() as page:
+        page.goto(chat_server.url)
+        expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
+        time.sleep(1.5)  # the browser's own requests (an icon) come after the page's
     # The browser's own requests (/favicon.ico) never reach the page's events: read the server's access log.
     served = re.findall(r'"(\w+) (\S+)" (\d{3})', chat_server.log.read_text()[start:])
     assert ("GET", "/", "200") in served and ("GET", "/v1/models", "200") in served
@@ -316,58 +315,53 @@ def test_an_allowed_origin_page_may_read_the_dropped_count(keyed_url):
 
 @browser
 def test_page_says_when_earlier_turns_are_left_out(server_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = b.new_page()
-            sent, counts = [], []
-            chat = lambda r: r.url.endswith("/v1/chat/completions")
-            page.on("request", lambda r: sent.append(r.post_data_json) if chat(r) else None)
-            page.on("response", lambda r: counts.append(r.headers.get(DROPPED_HEADER.lower())) if chat(r) else None)
-            page.goto(server_url)
-            expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
-            page.fill("#temperature", "0")
-            page.fill("#max_tokens", "60")
-            idle = "() => document.body.dataset.state === 'idle' && document.querySelectorAll('.message.user').length === %d"
-            turn = 0
-            while "0" in counts[-1:] or not counts:  # until a reply reports dropped turns (two or three: 128 tokens)
-                assert turn < 6, f"nothing was ever dropped: {counts}"
-                turn += 1
-                page.fill("#prompt", f"Question {turn}: " + "tell me about the sea " * 5)
-                page.click("#send")
-                page.wait_for_function(idle % turn, timeout=60_000)
-                if counts[-1] == "0":
-                    expect(page.locator(".note.dropped")).to_have_count(0)
-            dropped = int(counts[-1])
-            assert dropped >= 2 and dropped % 2 == 0
-            s = "" if dropped == 1 else "s"
-            note = page.locator(".note.dropped")
-            expect(note).to_have_text(f"({dropped} earlier message{s} left out of the model's context: "
-                                      "the conversation no longer fits)")
-            # The notice stands just above the question it was fitted for, and the left-out bubbles are faded.
-            assert note.evaluate("el => el.nextElementSibling.classList.contains('user')")
-            assert note.evaluate("el => el.nextElementSibling.textContent") == sent[-1]["messages"][-1]["content"]
-            expect(page.locator(".message.dropped")).to_have_count(dropped)
-            faded = page.locator(".message.dropped").all_text_contents()
-            assert faded == [m["content"] for m in sent[-1]["messages"][:dropped]]
+    with browser_page() as page:
+        sent, counts = [], []
+        chat = lambda r: r.url.endswith("/v1/chat/completions")
+        page.on("request", lambda r: sent.append(r.post_data_json) if chat(r) else None)
+        page.on("response", lambda r: counts.append(r.headers.get(DROPPED_HEADER.lower())) if chat(r) else None)
+        page.goto(server_url)
+        expect(page.locator("#model")).to_have_text("chat", timeout=30_000)
+        page.fill("#temperature", "0")
+        page.fill("#max_tokens", "60")
+        idle = "() => document.body.dataset.state === 'idle' && document.querySelectorAll('.message.user').length === %d"
+        turn = 0
+        while "0" in counts[-1:] or not counts:  # until a reply reports dropped turns (two or three: 128 tokens)
+            assert turn < 6, f"nothing was ever dropped: {counts}"
+            turn += 1
+            page.fill("#prompt", f"Question {turn}: " + "tell me about the sea " * 5)
+            page.click("#send")
+            page.wait_for_function(idle % turn, timeout=60_000)
+            if counts[-1] == "0":
+                expect(page.locator(".note.dropped")).to_have_count(0)
+        dropped = int(counts[-1])
+        assert dropped >= 2 and dropped % 2 == 0
+        s = "" if dropped == 1 else "s"
+        note = page.locator(".note.dropped")
+        expect(note).to_have_text(f"({dropped} earlier message{s} left out of the model's context: "
+                                  "the conversation no longer fits)")
+        # The notice stands just above the question it was fitted for, and the left-out bubbles are faded.
+        assert note.evaluate("el => el.nextElementSibling.classList.contains('user')")
+        assert note.evaluate("el => el.nextElementSibling.textContent") == sent[-1]["messages"][-1]["content"]
+        expect(page.locator(".message.dropped")).to_have_count(dropped)
+        faded = page.locator(".message.dropped").all_text_contents()
+        assert faded == [m["content"] for m in sent[-1]["messages"][:dropped]]
 
-            # The next turn does not resend them: the page forgot them too, as `planck chat` does.
-            reply = page.locator(".message.assistant").last.text_content()
-            page.fill("#prompt", "And now?")
-            page.click("#send")
-            page.wait_for_function(idle % (turn + 1), timeout=60_000)
-            assert sent[-1]["messages"] == [*sent[-2]["messages"][dropped:], {"role": "assistant", "content": reply},
-                                            {"role": "user", "content": "And now?"}]
-            # A message longer than the context alone: an error, and nothing else forgotten or noted.
-            notes = note.count()
-            page.fill("#prompt", "word " * 400)
-            page.click("#send")
-            expect(page.locator(".message.error")).to_contain_text("context", timeout=60_000)
-            page.wait_for_function("() => document.body.dataset.state === 'idle'", timeout=60_000)
-            assert page.locator(".note.dropped").count() == notes
-            page.click("#clear")
-            expect(page.locator(".note, .message")).to_have_count(0)
-        finally:
-            b.close()
+        # The next turn does not resend them: the page forgot them too, as `planck chat` does.
+        reply = page.locator(".message.assistant").last.text_content()
+        page.fill("#prompt", "And now?")
+        page.click("#send")
+        page.wait_for_function(idle % (turn + 1), timeout=60_000)
+        assert sent[-1]["messages"] == [*sent[-2]["messages"][dropped:], {"role": "assistant", "content": reply},
+                                        {"role": "user", "content": "And now?"}]
+        # A message longer than the context alone: an error, and nothing else forgotten or noted.
+        notes = note.count()
+        page.fill("#prompt", "word " * 400)
+        page.click("#send")
+        expect(page.locator(".message.error")).to_contain_text("context", timeout=60_000)
+        page.wait_for_function("() => document.body.dataset.state === 'idle'", timeout=60_000)
+        assert page.locator(".note.dropped").count() == notes
+        page.click("#clear")
+        expect(page.locator(".note, .message")).to_have_count(0)
