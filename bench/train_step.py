@@ -70,14 +70,22 @@ def build(config: str, overrides: list[str]):
     return cfg, model, opt, batch, shape
 
 
+VARIANTS = ["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both", "optax-muon"]
+
+
 def ours_once(config: str, overrides: list[str], steps: int, variant: str = "default") -> dict:
     """Our step at one shape, timed like time_original.py times the original: median of whole optimizer steps.
 
     variant "reference-loss": the step with the straightforward loss (full (B, T, V) logits, autodiff;
     what token_loss_sum was before the fused path), for before/after figures in one run.
     variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU);
-    "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both".
+    "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both";
+    "optax-muon": optax.contrib.muon itself (what train/muon.py replaced).
     """
+    if variant == "optax-muon":
+        import optax
+        import planck.train.optim as optim_mod
+        optim_mod.muon_optimizer = optax.contrib.muon
     if variant in ("autodiff-linears", "autodiff-both"):
         import planck.model.matmul as matmul_mod
         matmul_mod.use_row_major_gradient = lambda: False
@@ -190,7 +198,7 @@ def main() -> None:
                     help="folder for the result (train_step_CONFIG.json, or compare_original.json)")
     ap.add_argument("--ours-once", action="store_true",
                     help="time our step once at --config/--set and print one JSON line (what --compare-original runs)")
-    ap.add_argument("--variant", default="default", choices=["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both"],
+    ap.add_argument("--variant", default="default", choices=VARIANTS,
                     help="--ours-once: reference-loss = the step with the straightforward (pre-fused) loss")  # one subprocess of --compare-original
     args = ap.parse_args()
     if args.compare_original:

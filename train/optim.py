@@ -8,6 +8,7 @@ import jax
 import optax
 
 from .config import OptimConfig
+from .muon import muon as muon_optimizer
 
 ADAM_PARAMS = ("embed", "head")  # attribute names in model/gpt.py routed to Adam
 
@@ -61,7 +62,8 @@ def gradient_clip(cfg: OptimConfig) -> optax.GradientTransformation:
 
 def make_optimizer(cfg: OptimConfig, steps: int) -> optax.GradientTransformation:
     """Clip (cfg.clip), then {Muon on block matrices, Adam on embedding/head}, each with its own LR schedule."""
-    muon = optax.contrib.muon(
+    # optax.contrib.muon's update and state tree, with 2-D Newton-Schulz matmuls (train/muon.py says why).
+    muon = muon_optimizer(
         lr_schedule(cfg.muon_lr, steps, cfg.stable_fraction, cfg.final_lr_fraction),
         beta=cfg.muon_momentum,
     )
