@@ -70,7 +70,7 @@ def build(config: str, overrides: list[str]):
     return cfg, model, opt, batch, shape
 
 
-VARIANTS = ["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both", "optax-muon"]
+VARIANTS = ["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both", "optax-muon", "attention-one-block"]
 
 
 def ours_once(config: str, overrides: list[str], steps: int, variant: str = "default") -> dict:
@@ -80,8 +80,12 @@ def ours_once(config: str, overrides: list[str], steps: int, variant: str = "def
     what token_loss_sum was before the fused path), for before/after figures in one run.
     variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU);
     "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both";
-    "optax-muon": optax.contrib.muon itself (what train/muon.py replaced).
+    "optax-muon": optax.contrib.muon itself (what train/muon.py replaced);
+    "attention-one-block": model/attention.py with all query rows in one block (before its query blocks).
     """
+    if variant == "attention-one-block":
+        import planck.model.attention as attention_mod
+        attention_mod.query_block = lambda seq_len: seq_len
     if variant == "optax-muon":
         import optax
         import planck.train.optim as optim_mod

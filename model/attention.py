@@ -6,7 +6,10 @@ strided matmuls with float32 converts (bench/attention_layouts.py: 1.5x this fil
 bf16 at B 4, T 512, 6 heads of 64 over one K/V head). Here the query heads that share a K/V head are
 folded into the rows: q becomes (B*K, T*G, H) with row r = t*G + g, so scores, values and every
 gradient are one batched matmul each over (B*K) with plain row-major operands, which XLA:CPU
-runs on its 16-bit kernel. The arithmetic is the XLA path's: float32 scores times 1/sqrt(H),
+runs on its 16-bit kernel. The rows are taken in blocks of query positions, each against the
+keys it can see, so the masked upper triangle is skipped block by block and the score blocks
+stay small enough for the cache (bench/attention_layouts.py: half the time of one block at
+T 512). The arithmetic is the XLA path's: float32 scores times 1/sqrt(H),
 the causal mask, a float32 softmax kept for the backward pass, probabilities cast to the compute
 dtype for the value matmul, float32 accumulation. The backward multiplies in the compute dtype
 (the XLA path's autodiff multiplies the float32 score gradient in float32).
@@ -34,42 +37,63 @@ def _bmm_rhs_t(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum("zmk,znk->zmn", a, b, preferred_element_type=_F32)
 
 
-def _causal_mask(rows: int, cols: int, group: int) -> jax.Array:
-    """(rows, cols): row r (query position r // group) may see key positions up to its own."""
-    return jnp.arange(cols)[None, :] <= (jnp.arange(rows) // group)[:, None]
-
-
 def _scale(q: jax.Array) -> jax.Array:
     return jnp.float32(1.0 / float(q.shape[-1]) ** 0.5)
 
 
-def _probs(q, k, group):
-    scores = jnp.where(_causal_mask(q.shape[1], k.shape[1], group), _bmm_rhs_t(q, k) * _scale(q), -jnp.inf)
+def _probs(q, k, group, first_position):
+    """Softmax of the scores of folded query rows whose first position is `first_position`, over keys 0..S-1."""
+    rows, cols = q.shape[1], k.shape[1]
+    visible = jnp.arange(cols)[None, :] <= (first_position + jnp.arange(rows) // group)[:, None]
+    scores = jnp.where(visible, _bmm_rhs_t(q, k) * _scale(q), -jnp.inf)
     return jax.nn.softmax(scores, axis=-1)  # every row sees key 0: no row is all -inf
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def folded_causal_attention(q_ZxRxH: jax.Array, k_ZxSxH: jax.Array, v_ZxSxH: jax.Array, group: int) -> jax.Array:
-    """Causal attention of folded queries (Z, R = T*group, H) over keys/values (Z, S, H); output in q's dtype."""
-    p = _probs(q_ZxRxH, k_ZxSxH, group)
-    return _bmm(p.astype(v_ZxSxH.dtype), v_ZxSxH).astype(q_ZxRxH.dtype)
+def query_block(seq_len: int) -> int:
+    """Query positions per block: 32 up to T 256, else 64 (the fastest on the benchmark VM, bench/attention_layouts.py)."""
+    return 32 if seq_len <= 256 else 64
 
 
-def _fwd(q, k, v, group):
-    p = _probs(q, k, group)
-    return _bmm(p.astype(v.dtype), v).astype(q.dtype), (q, k, v, p)
+def _bounds(seq_len: int, block: int) -> tuple[int, ...]:
+    return tuple(range(0, seq_len, block)) + (seq_len,)
 
 
-def _bwd(group, residuals, dout_ZxRxH):
-    q, k, v, p = residuals
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def folded_causal_attention(q_ZxRxH: jax.Array, k_ZxSxH: jax.Array, v_ZxSxH: jax.Array, group: int,
+                            bounds: tuple[int, ...]) -> jax.Array:
+    """Causal attention of folded queries (Z, R = T*group, H) over keys/values (Z, T, H), by query blocks; output in q's dtype.
+
+    `bounds` splits the query positions into blocks [bounds[i], bounds[i+1]); a block's rows see
+    keys 0..bounds[i+1]-1 only, so the score matrices skip the masked upper triangle block by block
+    (about half of the work and memory at T 512 in blocks of 64).
+    """
+    return _fwd(q_ZxRxH, k_ZxSxH, v_ZxSxH, group, bounds)[0]
+
+
+def _fwd(q, k, v, group, bounds):
+    outs, probs = [], []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        p = _probs(q[:, start * group:stop * group], k[:, :stop], group, start)
+        outs.append(_bmm(p.astype(v.dtype), v[:, :stop]).astype(q.dtype))
+        probs.append(p)
+    return jnp.concatenate(outs, axis=1), (q, k, v, probs)
+
+
+def _bwd(group, bounds, residuals, dout_ZxRxH):
+    q, k, v, probs = residuals
     dt = v.dtype
     dout = dout_ZxRxH.astype(dt)
-    dv = _bmm(physical_transpose(p.astype(dt)), dout)  # P^T @ dout
-    dp = _bmm_rhs_t(dout, v)  # dout @ V^T, float32
-    ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax's gradient; masked entries have p = 0
-    ds = (ds * _scale(q)).astype(dt)
-    dq = _bmm(ds, k)
-    dk = _bmm(physical_transpose(ds), q.astype(dt))
+    dq_blocks, dk, dv = [], jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
+    for (start, stop), p in zip(zip(bounds[:-1], bounds[1:]), probs):
+        rows = slice(start * group, stop * group)
+        dout_b = dout[:, rows]
+        dv = dv.at[:, :stop].add(_bmm(physical_transpose(p.astype(dt)), dout_b))  # P^T @ dout
+        dp = _bmm_rhs_t(dout_b, v[:, :stop])  # dout @ V^T, float32
+        ds = p * (dp - jnp.sum(dp * p, axis=-1, keepdims=True))  # softmax's gradient; masked entries have p = 0
+        ds = (ds * _scale(q)).astype(dt)
+        dq_blocks.append(_bmm(ds, k[:, :stop]))
+        dk = dk.at[:, :stop].add(_bmm(physical_transpose(ds), q[:, rows].astype(dt)))
+    dq = jnp.concatenate(dq_blocks, axis=1)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
@@ -81,8 +105,11 @@ def use_folded_attention() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def causal_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array) -> jax.Array:
-    """Causal multi-query attention (B, T, N, H) x (B, T, K, H) -> (B, T, N, H), query heads grouped over K/V heads."""
+def causal_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, block: int | None = None) -> jax.Array:
+    """Causal multi-query attention (B, T, N, H) x (B, T, K, H) -> (B, T, N, H), query heads grouped over K/V heads.
+
+    `block`: query positions per block (default query_block(T)).
+    """
     B, T, N, H = q_BxTxNxH.shape
     K = k_BxTxKxH.shape[2]
     G = N // K
@@ -90,5 +117,5 @@ def causal_attention(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.
     q = jnp.transpose(q_BxTxNxH.reshape(B, T, K, G, H), (0, 2, 1, 3, 4)).reshape(B * K, T * G, H)
     k = jnp.transpose(k_BxTxKxH, (0, 2, 1, 3)).reshape(B * K, T, H)
     v = jnp.transpose(v_BxTxKxH, (0, 2, 1, 3)).reshape(B * K, T, H)
-    y = folded_causal_attention(q, k, v, G)
+    y = folded_causal_attention(q, k, v, G, _bounds(T, block or query_block(T)))
     return jnp.transpose(y.reshape(B, K, T, G, H), (0, 2, 1, 3, 4)).reshape(B, T, N, H)
