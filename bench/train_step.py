@@ -70,7 +70,14 @@ def build(config: str, overrides: list[str]):
     return cfg, model, opt, batch, shape
 
 
-VARIANTS = ["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both", "optax-muon", "attention-one-block"]
+VARIANTS = ["default", "reference-loss", "autodiff-linears", "xla-attention", "autodiff-both", "optax-muon", "attention-one-block", "before-all"]
+
+
+def _variants(text: str) -> str:
+    unknown = set(text.split(",")) - set(VARIANTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variant {', '.join(sorted(unknown))} (choose from {', '.join(VARIANTS)})")
+    return text
 
 
 def ours_once(config: str, overrides: list[str], steps: int, variant: str = "default") -> dict:
@@ -81,22 +88,27 @@ def ours_once(config: str, overrides: list[str], steps: int, variant: str = "def
     variant "autodiff-linears": the blocks' linears differentiated by autodiff (what model/matmul.py replaced on CPU);
     "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both";
     "optax-muon": optax.contrib.muon itself (what train/muon.py replaced);
-    "attention-one-block": model/attention.py with all query rows in one block (before its query blocks).
+    "attention-one-block": model/attention.py with all query rows in one block (before its query blocks);
+    "before-all": every one of those at once (the step before the speed work, for planck150m's before/after).
+    Several may be joined with commas.
     """
-    if variant == "attention-one-block":
+    chosen = set(variant.split(","))
+    if "before-all" in chosen:
+        chosen |= {"reference-loss", "autodiff-both", "optax-muon"}
+    if "attention-one-block" in chosen:
         import planck.model.attention as attention_mod
         attention_mod.query_block = lambda seq_len: seq_len
-    if variant == "optax-muon":
+    if "optax-muon" in chosen:
         import optax
         import planck.train.optim as optim_mod
         optim_mod.muon_optimizer = optax.contrib.muon
-    if variant in ("autodiff-linears", "autodiff-both"):
+    if chosen & {"autodiff-linears", "autodiff-both"}:
         import planck.model.matmul as matmul_mod
         matmul_mod.use_row_major_gradient = lambda: False
-    if variant in ("xla-attention", "autodiff-both"):
+    if chosen & {"xla-attention", "autodiff-both"}:
         import planck.model.attention as attention_mod
         attention_mod.use_folded_attention = lambda: False
-    if variant == "reference-loss":
+    if "reference-loss" in chosen:
         import planck.train.step as step_mod
         from planck.model.loss import reference_token_loss_sum
         step_mod.token_loss_sum = reference_token_loss_sum
@@ -202,8 +214,8 @@ def main() -> None:
                     help="folder for the result (train_step_CONFIG.json, or compare_original.json)")
     ap.add_argument("--ours-once", action="store_true",
                     help="time our step once at --config/--set and print one JSON line (what --compare-original runs)")
-    ap.add_argument("--variant", default="default", choices=VARIANTS,
-                    help="--ours-once: reference-loss = the step with the straightforward (pre-fused) loss")  # one subprocess of --compare-original
+    ap.add_argument("--variant", default="default", type=_variants,
+                    help="--ours-once: a change undone to measure it (" + ", ".join(VARIANTS[1:]) + "; comma-joined for several)")  # one subprocess of --compare-original
     args = ap.parse_args()
     if args.compare_original:
         args.steps = args.steps or 6

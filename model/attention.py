@@ -50,7 +50,7 @@ def _probs(q, k, group, first_position):
 
 
 def query_block(seq_len: int) -> int:
-    """Query positions per block: 32 up to T 256, else 64 (the fastest on the benchmark VM, bench/attention_layouts.py)."""
+    """Query positions per block: 32 up to T 256, else 64 (within 4% of the best size measured at T 256, 512, 1024; bench/README.md)."""
     return 32 if seq_len <= 256 else 64
 
 
