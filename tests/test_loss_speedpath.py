@@ -168,3 +168,24 @@ def test_physical_transpose_swaps_the_last_two_axes_of_a_batch():
 
     a = jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(np.asarray(jax.jit(physical_transpose)(a)), np.swapaxes(np.asarray(a), 1, 2))
+
+
+def test_every_cpu_speed_path_together_equals_the_straightforward_model(monkeypatch):
+    """The whole CPU training path (fused loss, row-major linears, folded attention by uneven query blocks) against
+    the model as first written (autodiff through full logits, nnx.Linear, jax's XLA attention): float32, rtol 1e-5."""
+    import planck.model.attention as attention_mod
+    import planck.model.matmul as matmul_mod
+
+    monkeypatch.setattr(attention_mod, "query_block", lambda seq_len: 5)  # T 16: blocks of 5, 5, 5, 1
+    model, batch = _model(), _batch()
+    loss, grads = _value_and_grads(token_loss_sum)(model, batch)
+    monkeypatch.setattr(attention_mod, "use_folded_attention", lambda: False)
+    monkeypatch.setattr(matmul_mod, "use_row_major_gradient", lambda: False)
+    ref_loss, ref_grads = _value_and_grads(reference_token_loss_sum)(model, batch)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+    g, ref = _flat_grads(grads), _flat_grads(ref_grads)
+    assert g.keys() == ref.keys()
+    for path in ref:
+        scale = np.abs(ref[path]).max()
+        assert scale > 0, path
+        np.testing.assert_allclose(g[path], ref[path], rtol=1e-5, atol=1e-5 * scale, err_msg=path)
