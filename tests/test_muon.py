@@ -8,7 +8,8 @@ import pytest
 
 from planck.train.muon import muon, orthogonalize
 
-SHAPES = {"q": (48, 48), "kv": (48, 16), "up": (48, 192), "down": (192, 48)}
+# The 2-D matrices take Muon's branch; the 1-D leaf takes optax.contrib.muon's Adam branch (its b1, b2, eps, decay).
+SHAPES = {"q": (48, 48), "kv": (48, 16), "up": (48, 192), "down": (192, 48), "scale": (48,)}
 
 
 def _tree(seed):
@@ -42,17 +43,29 @@ def test_updates_equal_optax_muons_over_several_steps():
             scale = float(jnp.max(jnp.abs(u_theirs[k])))
             assert scale > 0
             np.testing.assert_allclose(u_ours[k], u_theirs[k], rtol=0, atol=1e-5 * scale, err_msg=f"{k} step {step}")
-    for a, b in zip(jax.tree.leaves(ours_state), jax.tree.leaves(theirs_state)):
+    assert jax.tree.structure(ours_state) == jax.tree.structure(theirs_state)
+    for a, b in zip(jax.tree.leaves(ours_state), jax.tree.leaves(theirs_state), strict=True):
+        assert a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    # Continuing from the other's state (a checkpoint restored across versions) gives the same update.
+    # Continuing from the other's state (a checkpoint restored across versions) gives the same update, both ways.
     grads = _tree(99)
-    np.testing.assert_allclose(ours_update(grads, theirs_state, params)[0]["up"],
-                               theirs_update(grads, theirs_state, params)[0]["up"], atol=1e-5)
+    for state in (ours_state, theirs_state):
+        u_ours, u_theirs = ours_update(grads, state, params)[0], theirs_update(grads, state, params)[0]
+        for k in SHAPES:
+            np.testing.assert_allclose(u_ours[k], u_theirs[k], rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(u_theirs[k]))))
 
 
-@pytest.mark.parametrize("shape", [(32, 32), (16, 64), (64, 16)])
-def test_orthogonalize_brings_singular_values_near_one(shape):
-    x = jnp.asarray(np.random.default_rng(2).standard_normal(shape), jnp.float32) * 3.0
-    s = np.linalg.svd(np.asarray(orthogonalize(x, jnp.asarray((3.4445, -4.7750, 2.0315)))), compute_uv=False)
-    # The quintic's fixed band (Keller Jordan's coefficients): singular values in about (0.5, 1.5), not 0 or 3x.
+@pytest.mark.parametrize("shape", [(32, 32), (16, 64), (64, 16)])  # square, wide, tall
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_orthogonalize_equals_optaxs_newton_schulz(shape, dtype, rtol):
+    from optax.contrib._muon import orthogonalize_via_newton_schulz
+
+    coeffs = jnp.asarray((3.4445, -4.7750, 2.0315))
+    x = (jnp.asarray(np.random.default_rng(2).standard_normal(shape), jnp.float32) * 3.0).astype(dtype)
+    ours, theirs = orthogonalize(x, coeffs.astype(dtype)), orthogonalize_via_newton_schulz(x, coeffs, 5)
+    assert ours.shape == theirs.shape == shape and ours.dtype == theirs.dtype == dtype
+    ours32, theirs32 = np.asarray(ours, np.float32), np.asarray(theirs, np.float32)
+    np.testing.assert_allclose(ours32, theirs32, rtol=0, atol=rtol * np.abs(theirs32).max())
+    # And it orthogonalises: the quintic's band (Keller Jordan's coefficients) puts singular values in about (0.5, 1.5).
+    s = np.linalg.svd(ours32, compute_uv=False)
     assert s.min() > 0.3 and s.max() < 1.6

@@ -54,8 +54,7 @@ def scale_by_muon(beta: float, steps: int = NS_STEPS) -> optax.GradientTransform
             optax.tree.bias_correction(mu, beta, optax.safe_increment(count)),
             optax.tree.bias_correction(updates, beta, count),
         )
-        coeffs = state.ns_coeffs.astype(jnp.float32)
-        ortho = jax.tree.map(lambda x: orthogonalize(x, coeffs.astype(x.dtype), steps), mu_hat)
+        ortho = jax.tree.map(lambda x: orthogonalize(x, state.ns_coeffs.astype(x.dtype), steps), mu_hat)
         return ortho, MuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
 
     return optax.GradientTransformation(init, update)
