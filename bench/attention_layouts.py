@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
+from measure import interleaved_ms
 from planck.model.attention import causal_attention
 
 
@@ -44,13 +44,7 @@ def main() -> None:
         ref, ours = outs["XLA path"][1], outs["folded, blocks (ours)"][1]
         err = max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)).max() / jnp.abs(a.astype(jnp.float32)).max())
                   for a, b in zip(ref, ours))
-        times = {name: [] for name in fns}
-        for _ in range(args.rounds):  # interleaved: a machine that slows down slows both alike
-            for name, f in fns.items():
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    jax.block_until_ready(f(q, k, v))
-                times[name].append((time.perf_counter() - t0) / 3 * 1e3)
+        times = interleaved_ms({name: lambda f=f: f(q, k, v) for name, f in fns.items()}, args.rounds)
         print(f"{jnp.dtype(dtype).name}: B {B}, T {T}, {N} heads / {K} K/V of {H}; gradients within {err:.1e} of the XLA path's")
         for name, t in times.items():
             print(f"  {name:22s} forward + backward {statistics.median(t):8.1f} ms")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from measure import interleaved_ms
 from planck.model.matmul import physical_transpose
 
 
@@ -47,13 +47,7 @@ def main() -> None:
         f(x, w, dy).block_until_ready()
         hlo = f.lower(x, w, dy).compile().as_text()
         kernel[name] = "16-bit (ynn)" if "ynn_fusion" in hlo and "convert" not in hlo else "float32 converts"
-    times = {name: [] for name in jitted}
-    for _ in range(args.rounds):  # interleaved: a machine that slows down slows every case alike
-        for name, f in jitted.items():
-            t0 = time.perf_counter()
-            for _ in range(5):
-                f(x, w, dy).block_until_ready()
-            times[name].append((time.perf_counter() - t0) / 5 * 1e3)
+    times = interleaved_ms({name: lambda f=f: f(x, w, dy) for name, f in jitted.items()}, args.rounds, repeats=5)
     np.testing.assert_allclose(np.asarray(jitted["dW = T(x) @ dy (ours)"](x, w, dy)),
                                np.asarray(jitted["dW = x^T @ dy (autodiff)"](x, w, dy)), rtol=2e-2, atol=1.0)
     print(f"N {args.n}, D {args.d}, F {args.f}, bfloat16, {args.rounds} interleaved rounds")

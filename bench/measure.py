@@ -1,12 +1,26 @@
-"""Shared by the benchmarks: peak memory of the process and of the device."""
+"""Shared by the benchmarks: interleaved timing rounds, peak memory of the process and of the device."""
 
 from __future__ import annotations
 
 import os
 import resource
 import sys
+import time
+from typing import Callable
 
 import jax
+
+
+def interleaved_ms(calls: dict[str, Callable[[], object]], rounds: int, repeats: int = 3) -> dict[str, list[float]]:
+    """Each call's mean ms over `repeats` runs, once per round, the calls taking turns (a machine that slows down slows all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                jax.block_until_ready(call())
+            times[name].append((time.perf_counter() - t0) / repeats * 1e3)
+    return times
 
 
 def peak_memory() -> dict[str, int]:

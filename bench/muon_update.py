@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from measure import interleaved_ms
 from planck.train.muon import muon
 
 
@@ -39,13 +39,7 @@ def main() -> None:
     calls = {name: (jax.jit(tx.update), tx.init(params)) for name, tx in txs.items()}
     outputs = {name: jax.block_until_ready(f(grads, s, params)[0]) for name, (f, s) in calls.items()}
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(*(jax.tree.leaves(o) for o in outputs.values())))
-    times = {name: [] for name in calls}
-    for _ in range(args.rounds):
-        for name, (f, s) in calls.items():
-            t0 = time.perf_counter()
-            for _ in range(3):
-                jax.block_until_ready(f(grads, s, params))
-            times[name].append((time.perf_counter() - t0) / 3 * 1000)
+    times = interleaved_ms({name: lambda f=f, s=s: f(grads, s, params) for name, (f, s) in calls.items()}, args.rounds)
     print(f"{len(params)} matrices, {args.layers} layers of d {d}, ff {ff}; largest update difference {diff:.1e}")
     for name, ts in times.items():
         print(f"  {name:<20} {statistics.median(ts):8.1f} ms  [{min(ts):.1f}-{max(ts):.1f}]")

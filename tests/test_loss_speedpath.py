@@ -61,6 +61,16 @@ def _flat_grads(grads) -> dict[str, np.ndarray]:
     return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(grads, nnx.Param))}
 
 
+def _assert_grads_equal(grads, ref_grads) -> None:
+    """Every parameter's gradient equal to the reference's within rtol 1e-5 of its largest entry (none all zero)."""
+    g, ref = _flat_grads(grads), _flat_grads(ref_grads)
+    assert g.keys() == ref.keys()
+    for path in ref:
+        scale = np.abs(ref[path]).max()
+        assert scale > 0, path
+        np.testing.assert_allclose(g[path], ref[path], rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+
+
 @pytest.mark.parametrize("chunk", [B * T, 5])  # one chunk; several (5 -> 4, the largest divisor of 48 up to 5)
 def test_loss_and_grads_equal_reference_float32(chunk, monkeypatch):
     monkeypatch.setattr(model_mod, "LOSS_CHUNK", chunk)
@@ -69,12 +79,7 @@ def test_loss_and_grads_equal_reference_float32(chunk, monkeypatch):
     ref_loss, ref_grads = _value_and_grads(reference_token_loss_sum)(model, batch)
     assert np.isfinite(float(loss))
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
-    g, ref = _flat_grads(grads), _flat_grads(ref_grads)
-    assert g.keys() == ref.keys()
-    for path in ref:
-        scale = np.abs(ref[path]).max()
-        assert scale > 0, path
-        np.testing.assert_allclose(g[path], ref[path], rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+    _assert_grads_equal(grads, ref_grads)
 
 
 def test_eval_path_count_and_mask_semantics():
@@ -186,9 +191,4 @@ def test_every_cpu_speed_path_together_equals_the_straightforward_model(monkeypa
     monkeypatch.setattr(matmul_mod, "use_row_major_gradient", lambda: False)
     ref_loss, ref_grads = _value_and_grads(reference_token_loss_sum)(model, batch)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
-    g, ref = _flat_grads(grads), _flat_grads(ref_grads)
-    assert g.keys() == ref.keys()
-    for path in ref:
-        scale = np.abs(ref[path]).max()
-        assert scale > 0, path
-        np.testing.assert_allclose(g[path], ref[path], rtol=1e-5, atol=1e-5 * scale, err_msg=path)
+    _assert_grads_equal(grads, ref_grads)
