@@ -89,7 +89,8 @@ def ours_once(config: str, overrides: list[str], steps: int, variant: str = "def
     "xla-attention": jax.nn.dot_product_attention's XLA path (what model/attention.py replaced on CPU); "autodiff-both";
     "optax-muon": optax.contrib.muon itself (what train/muon.py replaced);
     "attention-one-block": model/attention.py with all query rows in one block (before its query blocks);
-    "before-all": reference-loss, autodiff-both and optax-muon at once (the XLA attention has no query blocks) (the step before the speed work, for planck150m's before/after).
+    "before-all": reference-loss, autodiff-both and optax-muon at once, the step before the speed work
+    (the XLA attention has no query blocks), for planck150m's before/after.
     Several may be joined with commas.
     """
     chosen = set(variant.split(","))

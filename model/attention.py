@@ -2,17 +2,18 @@
 
 jax.nn.dot_product_attention's XLA path keeps the heads as a batch axis beside the K/V groups,
 so on XLA:CPU its score and value matmuls (and autodiff's transposes of them) run as many small
-strided matmuls with float32 converts (bench/attention_layouts.py, bf16, B 4, T 512, 6 heads of 64 over one K/V head: 92.6 ms, against
-60.0 ms for this file's folded rows in one block and 28.6 ms in its query blocks). Here the query heads that share a K/V head are
-folded into the rows: q becomes (B*K, T*G, H) with row r = t*G + g, so scores, values and every
-gradient are one batched matmul each over (B*K) with plain row-major operands, which XLA:CPU
-runs on its 16-bit kernel. The rows are taken in blocks of query positions, each against the
-keys it can see, so the masked upper triangle is skipped block by block and the score blocks
-stay small enough for the cache (bench/attention_layouts.py: half the time of one block at
-T 512). The arithmetic is the XLA path's: float32 scores times 1/sqrt(H),
-the causal mask, a float32 softmax kept for the backward pass, probabilities cast to the compute
-dtype for the value matmul, float32 accumulation. The backward multiplies in the compute dtype
-(the XLA path's autodiff multiplies the float32 score gradient in float32).
+strided matmuls with float32 converts (bench/attention_layouts.py, bf16, B 4, T 512, 6 heads of
+64 over one K/V head: 92.6 ms, against 60.0 ms for this file's folded rows in one block and 28.6
+ms in its query blocks). Here the query heads that share a K/V head are folded into the rows: q
+becomes (B*K, T*G, H) with row r = t*G + g, so scores, values and every gradient are one batched
+matmul each over (B*K) with plain row-major operands, which XLA:CPU runs on its 16-bit kernel.
+The rows are taken in blocks of query positions, each against the keys it can see, so the masked
+upper triangle is skipped block by block and the score blocks stay small enough for the cache
+(bench/attention_layouts.py: half the time of one block at T 512). The arithmetic is the XLA
+path's: float32 scores times 1/sqrt(H), the causal mask, a float32 softmax kept for the backward
+pass, probabilities cast to the compute dtype for the value matmul, float32 accumulation. The
+backward multiplies in the compute dtype (the XLA path's autodiff multiplies the float32 score
+gradient in float32).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _probs(q, k, group, first_position):
 
 
 def query_block(seq_len: int) -> int:
-    """Query positions per block: 32 up to T 256, else 64 (measured on the benchmark VM, bench/README.md: at T 512 64 took 28.4 ms, 32 27.4; at T 1024 64 was the best)."""
+    """Query positions per block: 32 up to T 256, else 64 (bench/attention_layouts.py --blocks; table in bench/README.md)."""
     return 32 if seq_len <= 256 else 64
 
 
