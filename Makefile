@@ -17,7 +17,7 @@ RUNS ?= runs
 CHECKPOINT ?= $(RUNS)/sft
 PORT ?= 8000
 
-.PHONY: docs docs-slow doctor plan gpu-check speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
+.PHONY: docs docs-slow doctor plan gpu-check gpu-bundle gpu-check-offline speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -36,6 +36,8 @@ help:
 	@echo "make doctor       what a run here will use: devices, versions, tokenizer, disk, flash attention"
 	@echo "make plan         the real run's memory per device, largest micro-batch and hours (CONFIG=, TOKENS=)"
 	@echo "make gpu-check    the acceptance run on a GPU (tiny on a CPU): step, 200 training steps, decode -> OUT or bench/results"
+	@echo "make gpu-bundle   wheels + rank file for a GPU machine with no package index -> .bundle/ (BUNDLE_PYTHON=3.12)"
+	@echo "make gpu-check-offline  on that machine: install .bundle/ over its own CUDA jax, then gpu-check (PYTHON=...)"
 	@echo "make speedrun     shards -> pretrain -> midtrain -> sft -> eval -> report, each resumable (CONFIG=, TOKENS=)"
 	@echo "                  (install the CUDA build of jax with: make install ACCEL=cuda12)"
 
@@ -131,6 +133,15 @@ plan: install tokenizer-cache
 
 gpu-check: install tokenizer-cache
 	$(PY) bench/gpu_check.py $(if $(OUT),--out $(OUT))
+
+# A GPU machine with no package index but its own CUDA jax: build .bundle/ here, carry it there (bench/offline_bundle.py).
+BUNDLE_PYTHON ?= 3.12
+gpu-bundle: install tokenizer-cache
+	$(PY) bench/offline_bundle.py build --python $(BUNDLE_PYTHON)
+
+# No install step: it runs where this checkout's .venv cannot be made. PYTHON is the machine's own.
+gpu-check-offline:
+	PYTHON=$(PYTHON) $(if $(OUT),OUT=$(OUT)) bash bench/gpu_check_offline.sh
 
 speedrun: install tokenizer-cache
 	$(PLANCK) speedrun --config $(CONFIG) --shards $(SHARDS) --runs $(RUNS) $(if $(TOKENS),--tokens $(TOKENS)) $(if $(SOURCE),--source $(SOURCE))

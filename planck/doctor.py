@@ -2,7 +2,9 @@
 
 Backend and devices (with their memory), the JAX stack's versions against the ones pinned, the
 tokenizer file, free disk under shards/ and runs/, and whether cudnn flash attention runs for the
-model's compute dtype. Exit 0 when nothing would stop a run, 1 otherwise.
+model's compute dtype. Exit 0 when nothing would stop a run, 1 otherwise. A version other than the
+pinned one is a warning, not a problem: a machine image with its own CUDA build of jax (a cluster's,
+a container's) can still run, but not on the releases the tests ran on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check what a run on this machine will use (devices, versions, tokenizer, disk, flash attention)",
         description="Print the backend, devices and their memory, the JAX stack's versions (against the pinned ones), "
         "the tokenizer file, free disk under --shards and --runs, and whether cudnn flash attention runs for the "
-        "model's dtype. Exits 1 with one line per problem that would stop a run.",
+        "model's dtype. Exits 1 with one line per problem that would stop a run; a version other than the pinned "
+        "one is a warning.",
     )
     d.add_argument("--shards", type=Path, default=Path("shards"), help="where shard folders go")
     d.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go")
@@ -73,8 +76,9 @@ def flash_attention(dtype: str) -> tuple[bool, str]:
 
 
 def diagnose(shards: Path, runs: Path, dtype: str) -> dict[str, Any]:
-    """Everything doctor reports, with the list of problems (empty when a run can start)."""
+    """Everything doctor reports, with the problems (empty when a run can start) and the warnings."""
     problems: list[str] = []
+    warnings: list[str] = []
     info: dict[str, Any] = {"python": sys.version.split()[0]}
     pins = pinned_versions()
     info["versions"] = {}
@@ -86,7 +90,7 @@ def diagnose(shards: Path, runs: Path, dtype: str) -> dict[str, Any]:
             problems.append(f"{name} is not installed (make install)")
         info["versions"][name] = have
         if have and name in pins and pins[name] != have:
-            problems.append(f"{name} {have} is installed, the tests ran on {pins[name]} (make install)")
+            warnings.append(f"{name} {have} is installed, the tests ran on {pins[name]} (make install pins it)")
     try:
         import jax
 
@@ -114,6 +118,7 @@ def diagnose(shards: Path, runs: Path, dtype: str) -> dict[str, Any]:
         if free < MIN_FREE_GB[label]:
             problems.append(f"{path}: {free:.1f} GB free, a real run needs about {MIN_FREE_GB[label]:.0f} GB for its {label}")
     info["problems"] = problems
+    info["warnings"] = warnings
     return info
 
 
@@ -138,6 +143,8 @@ def _doctor(args: argparse.Namespace) -> int:
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{width}}  {v}")
+    for w in info["warnings"]:
+        print(f"planck doctor: warning: {w}", file=sys.stderr)
     for p in info["problems"]:
         print(f"planck doctor: problem: {p}", file=sys.stderr)
     if not args.json:

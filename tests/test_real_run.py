@@ -55,3 +55,27 @@ def test_gpu_check_runs_at_the_tiny_shape_on_a_cpu_and_writes_its_json(tmp_path)
     assert result["training"]["steps"] == 10 and result["training"]["loss_fell"]
     assert result["decode"]["decode_tok_s_batch1"] > 0 and result["decode"]["ttft_s"] > 0
     assert "gpu-check: tiny on 1 x cpu" in proc.stdout and "flash attention: not on a GPU" in proc.stdout
+
+
+def test_doctor_warns_of_a_release_other_than_the_pinned_one_and_refuses_a_missing_one(tmp_path, monkeypatch, capsys):
+    import argparse
+    from importlib.metadata import PackageNotFoundError, version
+
+    from planck import doctor
+
+    def machine(name):  # an image with its own jax build, and no grain
+        if name == "grain":
+            raise PackageNotFoundError(name)
+        return "0.11.2" if name == "jax" else version(name)
+
+    monkeypatch.setattr(doctor, "version", machine)
+    args = argparse.Namespace(shards=tmp_path, runs=tmp_path, dtype="bfloat16", json=False)
+    assert doctor._doctor(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert "planck doctor: warning: jax 0.11.2 is installed, the tests ran on 0.10.2 (make install pins it)" in err
+    assert "planck doctor: problem: grain is not installed (make install)" in err
+    monkeypatch.setattr(doctor, "version", lambda name: "0.11.2" if name == "jax" else version(name))
+    monkeypatch.setattr(doctor, "MIN_FREE_GB", {"shards": 0.0, "runs": 0.0})  # whatever this disk holds
+    info = doctor.diagnose(tmp_path, tmp_path, "bfloat16")
+    assert info["warnings"] == ["jax 0.11.2 is installed, the tests ran on 0.10.2 (make install pins it)"]
+    assert info["problems"] == [] and doctor._doctor(args) == 0  # a drifted release alone stops nothing
