@@ -10,7 +10,8 @@ project as a wheel, the pinned releases of everything else it imports (flax, opt
 tiktoken, the server's libraries, ...) built for the machine's Python, and GPT-2's rank file.
 `install` puts into DIR (for PYTHONPATH) each bundled wheel whose release the machine lacks, checks
 every wheel's sha256 first, and refuses, with one line, a machine whose Python differs from the
-bundle's or that lacks one of the large packages left to it (MACHINE_PROVIDES).
+bundle's, one that lacks one of the large packages left to it (MACHINE_PROVIDES), and a project
+wheel whose sources differ from the checkout's (the code was edited after the bundle was built).
 `bench/gpu_check_offline.sh` does install + gpu-check in one command.
 """
 
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -130,6 +132,32 @@ def build(out: Path, python: str) -> dict:
     return manifest
 
 
+def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
+    """The first file where the project's wheel and the checkout's sources differ, or None when they match.
+
+    The wheel is a snapshot of the sources when the bundle was built; run from a checkout edited since,
+    it would import the old code without a word."""
+    mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    with zipfile.ZipFile(wheel) as z:
+        members = {m: z.read(m) for m in z.namelist() if ".dist-info/" not in m and not m.endswith("/")}
+    seen = set()
+    for member, data in sorted(members.items()):
+        parts = member.split("/")
+        # setuptools maps a package's subpackages below its folder (planck.serve.web -> serve/web).
+        cut = next((n for n in range(len(parts) - 1, 0, -1) if ".".join(parts[:n]) in mapping), None)
+        if cut is None:
+            return f"{member} is in no package this checkout maps"
+        source = repo.joinpath(mapping[".".join(parts[:cut])], *parts[cut:])
+        seen.add(source)
+        if not source.is_file() or source.read_bytes() != data:
+            return f"{source.relative_to(repo)} differs"
+    for folder in mapping.values():
+        for source in sorted((repo / folder).glob("*.py")):
+            if source not in seen:
+                return f"{source.relative_to(repo)} is not in the bundle"
+    return None
+
+
 def read_manifest(bundle: Path) -> dict:
     """The bundle's manifest, or one line saying why there is none."""
     try:
@@ -163,6 +191,8 @@ def plan_install(bundle: Path, manifest: dict) -> tuple[list[Path], list[str]]:
             raise BundleError(f"{path}: missing from the bundle")
         if sha256(path) != e["sha256"]:
             raise BundleError(f"{path}: sha256 differs from {MANIFEST}'s (damaged in transit?)")
+        if e["name"] == "planckgpt" and (diff := checkout_difference(path)):
+            raise BundleError(f"{bundle}: its planckgpt wheel is older than this checkout ({diff}): run `make gpu-bundle` again")
         if _installed(e["name"]) == e["version"]:
             kept.append(f"{e['name']} {e['version']}")
         else:

@@ -178,3 +178,25 @@ def test_build_refuses_a_python_that_is_not_major_minor():
     proc = subprocess.run([sys.executable, str(SCRIPT), "build", "--python", "3.12.1", "--out", "/nonexistent/x"],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == "offline bundle: error: --python 3.12.1: give major.minor, such as 3.12"
+
+
+def test_a_project_wheel_older_than_the_checkout_is_refused(tmp_path):
+    mod = load_module()
+    repo = tmp_path / "repo"
+    for path, text in {"model/gpt.py": "A = 1\n", "serve/api.py": "B = 2\n", "serve/web/index.html": "<p>\n",
+                       "pyproject.toml": '[tool.setuptools.package-dir]\n"planck.model" = "model"\n"planck.serve" = "serve"\n'}.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+
+    def wheel(files: dict[str, str]) -> Path:
+        out = tmp_path / "planckgpt-0.1.0-py3-none-any.whl"
+        with zipfile.ZipFile(out, "w") as z:
+            for path, text in {**files, "planckgpt-0.1.0.dist-info/METADATA": "Name: planckgpt\n"}.items():
+                z.writestr(path, text)
+        return out
+
+    same = {"planck/model/gpt.py": "A = 1\n", "planck/serve/api.py": "B = 2\n", "planck/serve/web/index.html": "<p>\n"}
+    assert mod.checkout_difference(wheel(same), repo) is None
+    assert mod.checkout_difference(wheel({**same, "planck/model/gpt.py": "A = 0\n"}), repo) == "model/gpt.py differs"
+    assert mod.checkout_difference(wheel({k: v for k, v in same.items() if "api" not in k}), repo) == "serve/api.py is not in the bundle"
+    assert mod.checkout_difference(wheel({**same, "planck/train/loop.py": ""}), repo) == "planck/train/loop.py is in no package this checkout maps"
