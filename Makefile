@@ -43,7 +43,15 @@ help:
 
 # ACCEL=cuda12 (or cuda13) also installs the CUDA build of the pinned jax: `make install ACCEL=cuda12`.
 ACCEL ?= cpu
+# jax's own extras: a name it does not know would make pip warn and install the CPU build anyway.
+ACCELS := cpu cuda12 cuda13 cuda12-local cuda13-local tpu
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL) is not one of: $(ACCELS))
+endif
 JAX_VERSION := $(shell sed -n 's/.*"jax==\([^"]*\)".*/\1/p' pyproject.toml)
+ifeq ($(JAX_VERSION),)
+$(error pyproject.toml pins no "jax==VERSION": make install ACCEL=... would not know which jax to install)
+endif
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +62,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.accel-$(ACCEL): $(VENV)/.installed
 	@if [ "$(ACCEL)" != cpu ]; then $(PY) -m pip install --quiet "jax[$(ACCEL)]==$(JAX_VERSION)"; fi
+	@$(PY) -c "import jax; print('jax', jax.__version__, 'runs on', jax.default_backend(), [d.device_kind for d in jax.devices()])"
 	touch $@
 
 install: $(VENV)/.accel-$(ACCEL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +80,13 @@ def test_doctor_warns_of_a_release_other_than_the_pinned_one_and_refuses_a_missi
     info = doctor.diagnose(tmp_path, tmp_path, "bfloat16")
     assert info["warnings"] == ["jax 0.11.2 is installed, the tests ran on 0.10.2 (make install pins it)"]
     assert info["problems"] == [] and doctor._doctor(args) == 0  # a drifted release alone stops nothing
+
+
+def test_make_install_accel_names_the_pinned_cuda_jax_and_refuses_an_unknown_accelerator():
+    dry = subprocess.run(["make", "-n", "install", "ACCEL=cuda12"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    pinned = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+                  if d.startswith("jax=="))
+    assert f'pip install --quiet "jax[cuda12]=={pinned.split("==")[1]}"' in dry.stdout
+    bad = subprocess.run(["make", "-n", "install", "ACCEL=cuda"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "ACCEL=cuda is not one of: cpu cuda12 cuda13" in bad.stderr
