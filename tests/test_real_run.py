@@ -90,3 +90,34 @@ def test_make_install_accel_names_the_pinned_cuda_jax_and_refuses_an_unknown_acc
     assert f'pip install --quiet "jax[cuda12]=={pinned.split("==")[1]}"' in dry.stdout
     bad = subprocess.run(["make", "-n", "install", "ACCEL=cuda"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "ACCEL=cuda is not one of: cpu cuda12 cuda13" in bad.stderr
+
+
+def test_gpu_check_keeps_the_figures_of_the_parts_that_ran_when_one_fails(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    works = []
+
+    def step(config, remat, out, steps):
+        return {"tokens_per_s": 1000.0 + remat, "step_s": 0.5, "compile_s": 2.0, "peak_rss_bytes": 1e9}
+
+    def training(config, work, steps):
+        works.append(work)
+        assert work.is_dir() and not work.is_relative_to(tmp_path / "out")
+        raise gpu_check.PartFailed("`planck train pretrain` failed with exit code 1: planck: error: out of memory")
+
+    decoded = []
+    monkeypatch.setattr(gpu_check, "step_figures", step)
+    monkeypatch.setattr(gpu_check, "training_figures", training)
+    monkeypatch.setattr(gpu_check, "decode_figures", lambda *a: decoded.append(a))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", str(tmp_path / "out")])
+    assert gpu_check.run() == 1
+    result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert result["step"]["remat_True"]["tokens_per_s"] == 1001.0 and result["training"] is None
+    assert result["failed"] == [{"part": "training", "error": "PartFailed: `planck train pretrain` failed with exit "
+                                                               "code 1: planck: error: out of memory"}]
+    assert decoded == [] and not works[0].exists()  # no decoding without a run; the work folder removed
+    printed = capsys.readouterr().out
+    assert "train step 4 x seq, remat:    1,001 tok/s" in printed and "FAILED training: PartFailed" in printed
