@@ -359,10 +359,13 @@ def export(path: Path, out: Path, fmt: str | None = None) -> tuple[int, int]:
     """Write a finished model as one file of named float32 arrays plus model.json (.npz or .safetensors, by `fmt` or
     the suffix of `out`); returns (arrays, parameters). The file loads back through load_model, digest checked."""
     out = Path(out)
+    if out.is_dir():
+        raise CheckpointError(f"{out} is a folder: give the file to write, such as {out / 'model.safetensors'}")
     fmt = fmt or next((k for k, suffix in EXPORT_FORMATS.items() if out.suffix == suffix), None)
     if fmt not in EXPORT_FORMATS:
         raise CheckpointError(f"{out}: say --format npz or safetensors, or end the file name in .npz or .safetensors")
     loaded = load_model(path, dtype="float32")
+    out.parent.mkdir(parents=True, exist_ok=True)
     arrays = host_params(loaded.model)
     if fmt == "npz":
         buf = io.BytesIO()

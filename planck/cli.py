@@ -79,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)
         return 1
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"planck: error: {disk_full_message(exc, args)}", file=sys.stderr)
+        elif exc.filename:  # a path that cannot be read or written (permissions, a missing folder, /proc): name it
+            where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
+            print(f"planck: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        else:
             raise
-        print(f"planck: error: {disk_full_message(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nplanck: interrupted{_INTERRUPTED_HINT.get(args.command, '')}", file=sys.stderr)

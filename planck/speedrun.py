@@ -99,6 +99,11 @@ def _speedrun(args: argparse.Namespace) -> int:
         print(f"planck: error: speedrun --config {args.config} on a CPU would take weeks: use --config tiny here, "
               "or a GPU (make install ACCEL=cuda12; planck doctor)", file=sys.stderr)
         return 1
+    from planck.train.config import load_config
+
+    # Every phase's settings are checked before hours of tokenizing, not when its turn comes.
+    for phase in PHASES:
+        load_config(args.config, phase, list(args.overrides) + ([f"train.tokens={args.tokens}"] if args.tokens else []))
     print(f"planck speedrun ({args.config}, {args.source} data): {_estimate(args)}", flush=True)
     started = time.perf_counter()
     for what, argv in steps(args):

@@ -27,11 +27,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so a crash leaves either the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

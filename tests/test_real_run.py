@@ -121,3 +121,10 @@ def test_gpu_check_keeps_the_figures_of_the_parts_that_ran_when_one_fails(tmp_pa
     assert decoded == [] and not works[0].exists()  # no decoding without a run; the work folder removed
     printed = capsys.readouterr().out
     assert "train step 4 x seq, remat:    1,001 tok/s" in printed and "FAILED training: PartFailed" in printed
+
+
+def test_speedrun_refuses_bad_settings_before_tokenizing_anything(tmp_path):
+    proc = planck("speedrun", "--config", "tiny", "--source", "embedded", "--shards", tmp_path / "shards",
+                  "--runs", tmp_path / "runs", "--set", "optim.adam_b2=1.5", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "planck: error: optim.adam_b2 = 1.5 must be within [0, 1)"
+    assert sorted(tmp_path.iterdir()) == [] and "tokenize" not in proc.stdout

@@ -196,3 +196,30 @@ def test_safetensors_export_round_trips_the_npz_logits_and_is_checked(chat_check
     (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 100)
     with pytest.raises(CheckpointError, match="not a readable .safetensors"):
         load_model(tmp_path / "junk.safetensors")
+
+
+def test_export_names_an_unwritable_destination_in_one_line_and_makes_missing_folders(chat_checkpoint, tmp_path):
+    for out, says in ((tmp_path, f"planck: error: {tmp_path} is a folder: give the file to write, such as "),
+                      (Path("/proc/planck-model.npz"), "planck: error: /proc/planck-model.npz.tmp: No such file or directory")):
+        proc = planck("export", chat_checkpoint, "--out", out, "--format", "npz")
+        assert proc.returncode == 1 and proc.stderr.startswith(says) and len(proc.stderr.splitlines()) == 1, proc.stderr
+    nested = tmp_path / "new" / "folder" / "model.safetensors"
+    assert planck("export", chat_checkpoint, "--out", nested).returncode == 0
+    assert load_model(nested).meta == load_model(chat_checkpoint).meta
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    from planck.schemas import atomic
+
+    path = tmp_path / "model.json"
+    path.write_text("old")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic.atomic_write_text(path, "new")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]

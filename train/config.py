@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ class OptimConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on out-of-range values."""
+        for name in ("muon_lr", "adam_lr"):  # 0 is allowed: it freezes that group
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"optim.{name} = {getattr(self, name)!r} must be a finite number >= 0")
+        for name in ("adam_b1", "adam_b2", "muon_momentum"):  # 1 would never forget; NaN fails every comparison
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name} = {getattr(self, name)!r} must be within [0, 1)")
         if not 0.0 <= self.stable_fraction <= 1.0:
             raise ConfigError("optim.stable_fraction must be within [0, 1]")
         if not 0.0 <= self.final_lr_fraction <= 1.0:
