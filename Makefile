@@ -17,7 +17,7 @@ RUNS ?= runs
 CHECKPOINT ?= $(RUNS)/sft
 PORT ?= 8000
 
-.PHONY: docs docs-slow doctor plan gpu-check gpu-bundle gpu-check-offline speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
+.PHONY: check-accel docs docs-slow doctor plan gpu-check gpu-bundle gpu-check-offline speedrun help install test tokenizer-cache shards demo-shards stats bench clean-shards pretrain midtrain sft demo-train demo chat serve
 
 help:
 	@echo "make install      create .venv and install planck with its test extras"
@@ -45,15 +45,14 @@ help:
 ACCEL ?= cpu
 # jax's own extras: a name it does not know would make pip warn and install the CPU build anyway.
 ACCELS := cpu cuda12 cuda13 cuda12-local cuda13-local tpu
-ifeq ($(filter $(ACCEL),$(ACCELS)),)
-$(error ACCEL=$(ACCEL) is not one of: $(ACCELS))
-endif
 JAX_VERSION := $(shell sed -n 's/.*"jax==\([^"]*\)".*/\1/p' pyproject.toml)
-ifeq ($(JAX_VERSION),)
-$(error pyproject.toml pins no "jax==VERSION": make install ACCEL=... would not know which jax to install)
-endif
 
-$(VENV)/.installed: pyproject.toml
+# Checked before anything is installed, by every target that installs (order-only: it never forces a reinstall).
+check-accel:
+	@case " $(ACCELS) " in *" $(ACCEL) "*) ;; *) echo "make: ACCEL=$(ACCEL) is not one of: $(ACCELS)" >&2; exit 2;; esac
+	@if [ -z "$(JAX_VERSION)" ]; then echo 'make: pyproject.toml pins no "jax==VERSION": which jax to install is unknown' >&2; exit 2; fi
+
+$(VENV)/.installed: pyproject.toml | check-accel
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# setuptools always tells an editable install to beware of same-named folders: our layout is built for it.

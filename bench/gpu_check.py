@@ -84,6 +84,7 @@ def training_figures(config: str, work: Path, steps: int) -> dict:
 def decode_figures(config: str, run: Path, dtype: str, out: Path) -> dict:
     """bench/decode_throughput.py on the trained run: 1 and 8 concurrent requests, time to first token."""
     decode_dir = out / "decode"
+    shutil.rmtree(decode_dir, ignore_errors=True)  # a figure from an earlier check in the same OUT is not this one's
     sh(PY, "bench/decode_throughput.py", "--config", config, "--checkpoint", run, "--dtype", dtype, "--concurrent", "8",
        "--out", decode_dir)
     return json.loads(next(decode_dir.glob("decode_*.json")).read_text())
@@ -96,7 +97,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
                     help="where gpu_check.json and the parts' small JSON files go (default $OUT, else bench/results)")
     ap.add_argument("--work", type=Path, default=None,
-                    help="shards and the training run (~2 GB at planck150m); default a temporary folder, removed after")
+                    help="shards and the training run (~2 GB at planck150m; new or empty); default a temporary "
+                    "folder ($TMPDIR), removed after")
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--step-repeats", type=int, default=10, help="timed steps per train-step figure")
     args = ap.parse_args()
@@ -104,16 +106,21 @@ def main() -> int:
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     # The run's checkpoints stay out of --out: a folder that is copied back (a lent machine's $OUT) gets only JSON.
-    work = (args.work or Path(tempfile.mkdtemp(prefix="planck-gpu-check-"))).absolute()
-    if args.work and any(work.iterdir() if work.is_dir() else ()):
-        raise SystemExit(f"gpu-check: --work {work} is not empty: a run there would resume, not measure")
+    if args.work and args.work.exists() and (not args.work.is_dir() or any(args.work.iterdir())):
+        raise SystemExit(f"gpu-check: --work {args.work} is not an empty folder: a run there would resume, not measure")
+    disk = (args.work or Path(tempfile.gettempdir())).absolute()
 
     # Doctor's problems (little free disk, say) are recorded, not fatal: a part that truly cannot run fails on its own.
-    doctor = json.loads(planck("doctor", "--json", "--shards", work, "--runs", work, ok=(0, 1)).stdout)
+    proc = planck("doctor", "--json", "--shards", disk, "--runs", disk, ok=(0, 1))
+    try:
+        doctor = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"gpu-check: planck doctor printed no JSON: {(proc.stderr.strip().splitlines() or ['?'])[-1]}") from None
     on_cpu = doctor.get("backend") == "cpu"
     config = args.config or ("tiny" if on_cpu else "planck150m")
     if on_cpu and config != "tiny":
         raise SystemExit("gpu-check: no accelerator here (backend cpu): only --config tiny runs on a CPU")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="planck-gpu-check-"))).absolute()
     dtype = "float32" if on_cpu else "bfloat16"
     result: dict = {"config": config, "doctor": doctor, "step": {}, "failed": []}
 
@@ -121,7 +128,7 @@ def main() -> int:
         """One part: its figures (or None and its failure) into the JSON, written at once so a later crash keeps them."""
         try:
             into[key] = fn(*fn_args)
-        except (PartFailed, OSError, KeyError, ValueError, StopIteration) as exc:
+        except Exception as exc:  # noqa: BLE001 - any part's failure is recorded and the others still run
             into[key] = None
             result["failed"].append({"part": name, "error": f"{type(exc).__name__}: {exc}"})
         result["seconds"] = time.perf_counter() - started

@@ -1,18 +1,20 @@
 """Everything an offline GPU machine lacks for `make gpu-check`, in one folder that travels with the checkout.
 
     python bench/offline_bundle.py build   [--out .bundle] [--python 3.12]     # here, with a package index
-    python bench/offline_bundle.py install [--bundle .bundle] [--target DIR]   # there, with no network
+    python bench/offline_bundle.py install [--bundle .bundle] --target DIR     # there, with no network
 
 Some GPU machines (a cluster's nodes, a container image) can reach no package index but already hold
 a CUDA build of jax that matches their driver. `make install ACCEL=cuda12` cannot run there, and a
 CUDA jaxlib with its libraries is gigabytes, so the bundle does not carry it: it carries this
-project as a wheel, the pinned releases of everything else it imports (flax, optax, orbax, grain,
-tiktoken, the server's libraries, ...) built for the machine's Python, and GPT-2's rank file.
-`install` puts into DIR (for PYTHONPATH) each bundled wheel whose release the machine lacks, checks
-every wheel's sha256 first, and refuses, with one line, a machine whose Python differs from the
-bundle's, one that lacks one of the large packages left to it (MACHINE_PROVIDES), and a project
-wheel whose sources differ from the checkout's (the code was edited after the bundle was built).
-`bench/gpu_check_offline.sh` does install + gpu-check in one command.
+project as a wheel (built from a copy of the checkout and compared with it file by file), the
+pinned releases of everything else it imports (flax, optax, orbax, grain, tiktoken, the server's
+libraries, ...) built for the machine's Python on x86-64 manylinux, and GPT-2's rank file.
+`install` puts into DIR (new or empty, for PYTHONPATH) the project's wheel and each bundled wheel
+whose release the machine lacks, after checking every wheel's sha256. It refuses, with one line, a
+machine that is not x86-64, a Python other than the bundle's, a machine lacking one of the large
+packages left to it (MACHINE_PROVIDES), and a project wheel whose sources differ from the
+checkout's (the code was edited after the bundle was built).
+`bench/gpu_check_offline.sh` does install (into a fresh temporary folder) + gpu-check in one command.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
+import platform
 import re
 import shutil
 import subprocess
@@ -35,8 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Left to the machine: large compiled packages, and those tied to its own jax build (jaxlib's
 # CUDA plugin must match jaxlib exactly, so jax's own dependencies come from the same image).
 MACHINE_PROVIDES = ("jax", "jaxlib", "numpy", "scipy", "ml-dtypes", "opt-einsum", "pyarrow", "pandas", "tensorstore")
-# What travels with the checkout is capped (64 MiB on the lending tool here); leave room for the tree itself.
-MAX_BUNDLE_BYTES = 56 << 20
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64")
 MANIFEST = "bundle.json"
@@ -86,12 +86,28 @@ def find_bpe_file() -> Path:
 
 
 def _pip(*args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True,
+                          text=True)
     if proc.returncode:
-        raise BundleError(f"pip {args[0]} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        lines = proc.stderr.strip().splitlines() or ["?"]
+        why = next((x for x in reversed(lines) if x.startswith("ERROR:")), lines[-1])  # not pip's closing notices
+        raise BundleError(f"pip {args[0]} failed: {why}")
 
 
-def build(out: Path, python: str) -> dict:
+def source_copy(dest: Path, repo: Path = REPO) -> Path:
+    """The files the project's wheel is built from, copied to `dest`: a build in the checkout would reuse its build/."""
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, dest / name)
+    copied: list[Path] = []
+    for folder in sorted(map(Path, set(setuptools["package-dir"].values())), key=lambda f: len(f.parts)):
+        if not any(folder.is_relative_to(c) for c in copied):  # configs/ brings configs/presets/ with it
+            shutil.copytree(repo / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            copied.append(folder)
+    return dest
+
+
+def build(out: Path, python: str, max_mib: float | None = None) -> dict:
     """Download the pinned wheels for `python` on manylinux x86-64, build the project's wheel, copy the rank file."""
     bpe = find_bpe_file()
     out = out.absolute()
@@ -102,7 +118,9 @@ def build(out: Path, python: str) -> dict:
         print(f"offline bundle: downloading the pinned wheels for Python {python} (manylinux x86-64)")
         _pip("download", "--quiet", "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
              *[a for p in PLATFORMS for a in ("--platform", p)], "-d", str(download), *pinned_requirements())
-        _pip("wheel", "--quiet", "--no-deps", "-w", str(download), str(REPO))
+        (staging / "source").mkdir()
+        _pip("wheel", "--quiet", "--no-deps", "-w", str(download), str(source_copy(staging / "source")))
+        shutil.rmtree(staging / "source")
         left = []
         for w in sorted(download.glob("*.whl")):
             name, ver = wheel_name_version(w)
@@ -116,8 +134,11 @@ def build(out: Path, python: str) -> dict:
         entries = [{"file": w.name, "name": wheel_name_version(w)[0], "version": wheel_name_version(w)[1],
                     "sha256": sha256(w), "bytes": w.stat().st_size} for w in sorted(wheels.glob("*.whl"))]
         total = sum(e["bytes"] for e in entries) + (staging / "tokenizer" / BPE_NAME).stat().st_size
-        if total > MAX_BUNDLE_BYTES:
-            raise BundleError(f"the bundle would be {total / 2**20:.1f} MiB, over {MAX_BUNDLE_BYTES >> 20} MiB")
+        if max_mib is not None and total > max_mib * 2**20:
+            raise BundleError(f"the bundle would be {total / 2**20:.1f} MiB, over --max-mib {max_mib:g}")
+        project = next((wheels / e["file"] for e in entries if e["name"] == "planckgpt"), None)
+        if project is None or (diff := checkout_difference(project)):
+            raise BundleError(f"the project's wheel does not match the checkout ({diff if project else 'not built'})")
         manifest = {"python": python, "platforms": list(PLATFORMS), "wheels": entries, "machine_provides": left,
                     "tokenizer": {"file": f"tokenizer/{BPE_NAME}", "sha256": sha256(staging / "tokenizer" / BPE_NAME)},
                     "bytes": total}
@@ -137,7 +158,8 @@ def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
 
     The wheel is a snapshot of the sources when the bundle was built; run from a checkout edited since,
     it would import the old code without a word."""
-    mapping = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
     with zipfile.ZipFile(wheel) as z:
         members = {m: z.read(m) for m in z.namelist() if ".dist-info/" not in m and not m.endswith("/")}
     seen = set()
@@ -151,8 +173,15 @@ def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
         seen.add(source)
         if not source.is_file() or source.read_bytes() != data:
             return f"{source.relative_to(repo)} differs"
-    for folder in mapping.values():
-        for source in sorted((repo / folder).glob("*.py")):
+    data = setuptools.get("package-data", {})
+    patterns = {package: ["*.py", *data.get(package, [])] for package in setuptools.get("packages", mapping)}
+    for package, globs in patterns.items():
+        parts = package.split(".")
+        cut = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in mapping), None)
+        if cut is None:
+            continue
+        folder = repo.joinpath(mapping[".".join(parts[:cut])], *parts[cut:])
+        for source in sorted(f for g in globs for f in folder.glob(g)):
             if source not in seen:
                 return f"{source.relative_to(repo)} is not in the bundle"
     return None
@@ -178,6 +207,9 @@ def _installed(name: str) -> str | None:
 def plan_install(bundle: Path, manifest: dict) -> tuple[list[Path], list[str]]:
     """(wheels to install, one line per bundled release the machine already has); every wheel's sha256 checked first."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if platform.machine() != "x86_64":
+        raise BundleError(f"{bundle}: its wheels are for x86-64 Linux, this machine is {platform.machine()}: "
+                          "build a bundle for it with `pip download --platform ...` where pip works")
     if manifest["python"] != here:
         raise BundleError(f"{bundle}: built for Python {manifest['python']}, this is Python {here}: "
                           f"rebuild with `make gpu-bundle BUNDLE_PYTHON={here}`")
@@ -193,7 +225,8 @@ def plan_install(bundle: Path, manifest: dict) -> tuple[list[Path], list[str]]:
             raise BundleError(f"{path}: sha256 differs from {MANIFEST}'s (damaged in transit?)")
         if e["name"] == "planckgpt" and (diff := checkout_difference(path)):
             raise BundleError(f"{bundle}: its planckgpt wheel is older than this checkout ({diff}): run `make gpu-bundle` again")
-        if _installed(e["name"]) == e["version"]:
+        # The project's version never changes between edits: its wheel always goes in (checked against the checkout).
+        if e["name"] != "planckgpt" and _installed(e["name"]) == e["version"]:
             kept.append(f"{e['name']} {e['version']}")
         else:
             todo.append(path)
@@ -204,8 +237,11 @@ def plan_install(bundle: Path, manifest: dict) -> tuple[list[Path], list[str]]:
 
 
 def install(bundle: Path, target: Path) -> list[Path]:
-    """Install into `target` each bundled wheel whose release this machine lacks; returns them."""
+    """Install into `target` (a new or empty folder) each bundled wheel whose release this machine lacks; returns them."""
     manifest = read_manifest(bundle)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        # Old packages left there would shadow the machine's, or the bundle's, without a word.
+        raise BundleError(f"--target {target} exists and is not an empty folder: give a new one (mktemp -d)")
     todo, kept = plan_install(bundle, manifest)
     if todo:
         # Listing every wheel at once, with no index and no dependency resolution: the bundle is the resolution.
@@ -226,15 +262,16 @@ def main() -> int:
     b = sub.add_parser("build", help="download the wheels and the rank file into a bundle (needs a package index)")
     b.add_argument("--out", type=Path, default=REPO / ".bundle")
     b.add_argument("--python", default="3.12", help="the offline machine's Python, major.minor (default 3.12)")
+    b.add_argument("--max-mib", type=float, default=None, help="refuse a bundle larger than this (a size cap on transfers)")
     i = sub.add_parser("install", help="install a bundle's wheels that this machine lacks into --target")
     i.add_argument("--bundle", type=Path, default=REPO / ".bundle")
-    i.add_argument("--target", type=Path, default=Path(os.environ.get("PLANCK_SITE", "/tmp/planck-site")))
+    i.add_argument("--target", type=Path, required=True, help="a new or empty folder, to go first on PYTHONPATH")
     args = ap.parse_args()
     try:
         if args.verb == "build":
             if not re.fullmatch(r"3\.\d+", args.python):
                 raise BundleError(f"--python {args.python}: give major.minor, such as 3.12")
-            build(args.out, args.python)
+            build(args.out, args.python, args.max_mib)
         else:
             install(args.bundle, args.target)
     except BundleError as exc:

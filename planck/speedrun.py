@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=_speedrun)
 
 
+def phase_overrides(args: argparse.Namespace, phase: str) -> list[str]:
+    """The --set values a phase trains with: the user's, and the token budget for pretraining."""
+    return list(args.overrides) + ([f"train.tokens={args.tokens}"] if args.tokens and phase == "pretrain" else [])
+
+
 def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(what, planck arguments) for every step of the run, in order."""
     import os
@@ -63,13 +68,12 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
             ("tokenize sft", ["tokenize", "chat", "--mixture", "sft", "--out", str(data["sft"]), "--val-rows", "500",
                               "--workers", workers]),
         ]
-    overrides = [x for o in args.overrides for x in ("--set", o)]
     train = []
     for i, phase in enumerate(PHASES):
-        budget = ["--set", f"train.tokens={args.tokens}"] if (args.tokens and phase == "pretrain") else []
         init = ["--init-from", str(args.runs / PHASES[i - 1])] if i else []
+        sets = [x for o in phase_overrides(args, phase) for x in ("--set", o)]
         train.append((f"train {phase}", ["train", phase, "--config", args.config, "--data", str(data[phase]),
-                                         "--run-dir", str(args.runs / phase), *init, *overrides, *budget]))
+                                         "--run-dir", str(args.runs / phase), *init, *sets]))
     evaluate = [(f"eval {phase}", ["eval", "--checkpoint", str(args.runs / phase), "--data", str(data[phase]),
                                    "--tasks", "bpb,sample" if args.source == "embedded" else "bpb,sample,arc_easy,arc_challenge,mmlu,gsm8k"])
                 for phase in PHASES]
@@ -82,8 +86,7 @@ def _estimate(args: argparse.Namespace) -> str:
     from planck.train.config import load_config
     from planck.train.plan import make_plan
 
-    overrides = list(args.overrides) + ([f"train.tokens={args.tokens}"] if args.tokens else [])
-    plan = make_plan(load_config(args.config, "pretrain", overrides), find_largest=False)
+    plan = make_plan(load_config(args.config, "pretrain", phase_overrides(args, "pretrain")), find_largest=False)
     if plan.hours is None:
         return "no estimate: this device's peak FLOP/s is unknown (planck plan --peak-tflops gives one)"
     return (f"pretraining ~{plan.hours:.1f} h at 40% MFU ({plan.steps:,} steps of {plan.tokens_per_step:,} tokens); "
@@ -103,7 +106,7 @@ def _speedrun(args: argparse.Namespace) -> int:
 
     # Every phase's settings are checked before hours of tokenizing, not when its turn comes.
     for phase in PHASES:
-        load_config(args.config, phase, list(args.overrides) + ([f"train.tokens={args.tokens}"] if args.tokens else []))
+        load_config(args.config, phase, phase_overrides(args, phase))
     print(f"planck speedrun ({args.config}, {args.source} data): {_estimate(args)}", flush=True)
     started = time.perf_counter()
     for what, argv in steps(args):

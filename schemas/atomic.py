@@ -33,8 +33,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written temporary left beside the file
+    except BaseException as exc:  # a full disk or Ctrl-C mid-write: no half-written temporary left beside the file
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename == str(tmp):
+            exc.filename = str(path)  # the error names the file the caller asked for
         raise
     fsync_dir(path.parent)
 

@@ -72,8 +72,9 @@ def write_bundle(root: Path, wheels: list[Path], provides: list[dict], python: s
     return bundle
 
 
-def install(bundle: Path, target: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "install", "--bundle", str(bundle), "--target", str(target)],
+def install(bundle: Path, target: Path, script: Path = SCRIPT) -> subprocess.CompletedProcess:
+    """The install command, run from `script`'s checkout (the one the project wheel is compared with)."""
+    return subprocess.run([sys.executable, str(script), "install", "--bundle", str(bundle), "--target", str(target)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -87,14 +88,41 @@ def wheels(tmp_path):
     return missing, present
 
 
-def test_install_puts_in_what_the_machine_lacks_and_nothing_it_has(tmp_path, wheels):
-    bundle = write_bundle(tmp_path, list(wheels), [{"name": "numpy", "version": "0"}])
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A small checkout: pyproject's package mapping, one module, and a copy of the bundle script."""
+    repo = tmp_path / "checkout"
+    (repo / "model").mkdir(parents=True)
+    (repo / "bench").mkdir()
+    (repo / "pyproject.toml").write_text('[tool.setuptools]\npackages = ["planck.model"]\n'
+                                         '[tool.setuptools.package-dir]\n"planck.model" = "model"\n')
+    (repo / "model" / "probe.py").write_text("VALUE = 'the checkout'\n")
+    (repo / "bench" / "offline_bundle.py").write_bytes(SCRIPT.read_bytes())
+    return repo
+
+
+@pytest.fixture
+def project_wheel(checkout) -> Path:
+    """A planckgpt wheel built from `checkout`, at the release installed here (so the machine 'has' it)."""
+    out = checkout.parent / f"planckgpt-{version('planckgpt')}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("planck/model/probe.py", (checkout / "model" / "probe.py").read_text())
+        z.writestr(f"planckgpt-{version('planckgpt')}.dist-info/METADATA", f"Name: planckgpt\nVersion: {version('planckgpt')}\n")
+        z.writestr(f"planckgpt-{version('planckgpt')}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"planckgpt-{version('planckgpt')}.dist-info/RECORD", "")
+    return out
+
+
+def test_install_puts_in_what_the_machine_lacks_and_nothing_it_has(tmp_path, wheels, checkout, project_wheel):
+    bundle = write_bundle(tmp_path, [*wheels, project_wheel], [{"name": "numpy", "version": "0"}])
     target = tmp_path / "site"
-    proc = install(bundle, target)
+    proc = install(bundle, target, checkout / "bench" / "offline_bundle.py")
     assert proc.returncode == 0, proc.stderr
-    assert "1 wheels installed" in proc.stdout and "1 already here" in proc.stdout
+    assert "2 wheels installed" in proc.stdout and "1 already here" in proc.stdout
     assert f"numpy {version('numpy')} (pinned 0)" in proc.stdout  # the machine's release, beside the pin
     assert (target / "planck_bundle_probe.py").is_file() and not (target / "not_pytest_at_all.py").exists()
+    # planckgpt's release is installed here too, yet its wheel goes in: the version says nothing of edits.
+    assert (target / "planck" / "model" / "probe.py").read_text() == "VALUE = 'the checkout'\n"
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = subprocess.run([sys.executable, "-c", "import planck_bundle_probe as p; print(p.VALUE)"],
                            capture_output=True, text=True, env=env)
@@ -109,10 +137,14 @@ def test_install_puts_in_what_the_machine_lacks_and_nothing_it_has(tmp_path, whe
     ("tokenizer", "r50k_base.tiktoken: missing or its sha256 differs"),
     ("manifest", "not a bundle manifest"),
     ("no-manifest", "no bundle.json here: build one with `make gpu-bundle`"),
+    ("stale", "its planckgpt wheel is older than this checkout (model/probe.py differs): run `make gpu-bundle` again"),
+    ("target", "exists and is not an empty folder: give a new one (mktemp -d)"),
 ])
-def test_a_damaged_or_mismatched_bundle_is_refused_with_one_line_and_nothing_installed(tmp_path, wheels, damage, says):
+def test_a_damaged_or_mismatched_bundle_is_refused_with_one_line_and_nothing_installed(tmp_path, wheels, checkout,
+                                                                                       project_wheel, damage, says):
     provides = [{"name": "not-a-package-anywhere", "version": "1.2"}] if damage == "provides" else []
-    bundle = write_bundle(tmp_path, list(wheels), provides, python="2.7" if damage == "python" else HERE)
+    extra = [project_wheel] if damage == "stale" else []
+    bundle = write_bundle(tmp_path, [*wheels, *extra], provides, python="2.7" if damage == "python" else HERE)
     wheel = bundle / "wheels" / wheels[0].name
     if damage == "tamper":
         wheel.write_bytes(wheel.read_bytes() + b"\0")
@@ -124,12 +156,16 @@ def test_a_damaged_or_mismatched_bundle_is_refused_with_one_line_and_nothing_ins
         (bundle / "bundle.json").write_text("{not json")
     elif damage == "no-manifest":
         (bundle / "bundle.json").unlink()
+    elif damage == "stale":  # the code edited after the bundle was built
+        (checkout / "model" / "probe.py").write_text("VALUE = 'edited'\n")
     target = tmp_path / "site"
-    proc = install(bundle, target)
+    if damage == "target":  # left by an earlier install: its packages would shadow the machine's
+        (target / "numpy").mkdir(parents=True)
+    proc = install(bundle, target, checkout / "bench" / "offline_bundle.py")
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("offline bundle: error: ") and says in lines[0], proc.stderr
-    assert not target.exists()
+    assert sorted(p.name for p in target.iterdir()) == ["numpy"] if damage == "target" else not target.exists()
 
 
 def test_build_leaves_the_machines_packages_out_and_replaces_a_bundle_only_when_whole(tmp_path, monkeypatch):
@@ -150,6 +186,7 @@ def test_build_leaves_the_machines_packages_out_and_replaces_a_bundle_only_when_
             (dest / w.name).write_bytes(w.read_bytes())
 
     monkeypatch.setattr(mod, "_pip", fake_pip)
+    monkeypatch.setattr(mod, "checkout_difference", lambda wheel: None)
     out = tmp_path / "bundle"
     manifest = mod.build(out, "3.12")
     assert sorted(p.name for p in (out / "wheels").iterdir()) == sorted([made[0].name, made[3].name])
@@ -167,11 +204,14 @@ def test_build_leaves_the_machines_packages_out_and_replaces_a_bundle_only_when_
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old bundle, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "r50k_base.tiktoken", "src"]  # no staging left
 
-    monkeypatch.setattr(mod, "MAX_BUNDLE_BYTES", 10)
     monkeypatch.setattr(mod, "_pip", fake_pip)
-    with pytest.raises(mod.BundleError, match="over 0 MiB"):
+    with pytest.raises(mod.BundleError, match="MiB, over --max-mib 1e-05"):
+        mod.build(out, "3.12", max_mib=1e-5)
+    monkeypatch.setattr(mod, "checkout_difference", lambda wheel: "model/gpt.py differs")
+    with pytest.raises(mod.BundleError, match=r"does not match the checkout \(model/gpt.py differs\)"):
         mod.build(out, "3.12")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "r50k_base.tiktoken", "src"]
 
 
 def test_build_refuses_a_python_that_is_not_major_minor():

@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PINNED_JAX = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+                  if d.startswith("jax==")).split("==")[1]
 
 
 def planck(*args, check=True) -> subprocess.CompletedProcess:
@@ -73,23 +75,23 @@ def test_doctor_warns_of_a_release_other_than_the_pinned_one_and_refuses_a_missi
     args = argparse.Namespace(shards=tmp_path, runs=tmp_path, dtype="bfloat16", json=False)
     assert doctor._doctor(args) == 1
     err = capsys.readouterr().err.splitlines()
-    assert "planck doctor: warning: jax 0.11.2 is installed, the tests ran on 0.10.2 (make install pins it)" in err
+    assert f"planck doctor: warning: jax 0.11.2 is installed, the tests ran on {PINNED_JAX} (make install pins it)" in err
     assert "planck doctor: problem: grain is not installed (make install)" in err
     monkeypatch.setattr(doctor, "version", lambda name: "0.11.2" if name == "jax" else version(name))
     monkeypatch.setattr(doctor, "MIN_FREE_GB", {"shards": 0.0, "runs": 0.0})  # whatever this disk holds
     info = doctor.diagnose(tmp_path, tmp_path, "bfloat16")
-    assert info["warnings"] == ["jax 0.11.2 is installed, the tests ran on 0.10.2 (make install pins it)"]
+    assert info["warnings"] == [f"jax 0.11.2 is installed, the tests ran on {PINNED_JAX} (make install pins it)"]
     assert info["problems"] == [] and doctor._doctor(args) == 0  # a drifted release alone stops nothing
 
 
 def test_make_install_accel_names_the_pinned_cuda_jax_and_refuses_an_unknown_accelerator():
-    dry = subprocess.run(["make", "-n", "install", "ACCEL=cuda12"], cwd=REPO, capture_output=True, text=True)
+    dry = subprocess.run(["make", "-n", "-B", "install", "ACCEL=cuda12"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
-    pinned = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-                  if d.startswith("jax=="))
-    assert f'pip install --quiet "jax[cuda12]=={pinned.split("==")[1]}"' in dry.stdout
-    bad = subprocess.run(["make", "-n", "install", "ACCEL=cuda"], cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and "ACCEL=cuda is not one of: cpu cuda12 cuda13" in bad.stderr
+    assert f'pip install --quiet "jax[cuda12]=={PINNED_JAX}"' in dry.stdout
+    bad = subprocess.run(["make", "install", "ACCEL=cuda"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "make: ACCEL=cuda is not one of: cpu cuda12 cuda13" in bad.stderr
+    assert "pip" not in bad.stdout  # refused before anything was installed
+    assert subprocess.run(["make", "help", "ACCEL=cuda"], cwd=REPO, capture_output=True).returncode == 0
 
 
 def test_gpu_check_keeps_the_figures_of_the_parts_that_ran_when_one_fails(tmp_path, monkeypatch, capsys):

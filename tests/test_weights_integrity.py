@@ -200,7 +200,7 @@ def test_safetensors_export_round_trips_the_npz_logits_and_is_checked(chat_check
 
 def test_export_names_an_unwritable_destination_in_one_line_and_makes_missing_folders(chat_checkpoint, tmp_path):
     for out, says in ((tmp_path, f"planck: error: {tmp_path} is a folder: give the file to write, such as "),
-                      (Path("/proc/planck-model.npz"), "planck: error: /proc/planck-model.npz.tmp: No such file or directory")):
+                      (Path("/proc/planck-model.npz"), "planck: error: /proc/planck-model.npz: No such file or directory")):
         proc = planck("export", chat_checkpoint, "--out", out, "--format", "npz")
         assert proc.returncode == 1 and proc.stderr.startswith(says) and len(proc.stderr.splitlines()) == 1, proc.stderr
     nested = tmp_path / "new" / "folder" / "model.safetensors"
