@@ -190,11 +190,18 @@ def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
 def read_manifest(bundle: Path) -> dict:
     """The bundle's manifest, or one line saying why there is none."""
     try:
-        return json.loads((bundle / MANIFEST).read_text())
+        manifest = json.loads((bundle / MANIFEST).read_text())
     except FileNotFoundError:
         raise BundleError(f"{bundle}: no {MANIFEST} here: build one with `make gpu-bundle`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{bundle / MANIFEST}: not a bundle manifest ({exc})") from None
+    fields = {"python": str, "wheels": list, "machine_provides": list, "tokenizer": dict}
+    bad = [k for k, kind in fields.items() if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)]
+    entries = (manifest.get("wheels", []) + manifest.get("machine_provides", [])) if not bad else []
+    if bad or not all(isinstance(e, dict) and {"name", "version"} <= e.keys() for e in entries):
+        raise BundleError(f"{bundle / MANIFEST}: not a bundle manifest (fields missing or of the wrong type: "
+                          f"{', '.join(bad) or 'a wheel entry'}): build one with `make gpu-bundle`")
+    return manifest
 
 
 def _installed(name: str) -> str | None:

@@ -136,6 +136,7 @@ def test_install_puts_in_what_the_machine_lacks_and_nothing_it_has(tmp_path, whe
     ("provides", "this machine lacks what the bundle leaves to it: not-a-package-anywhere (pinned 1.2)"),
     ("tokenizer", "r50k_base.tiktoken: missing or its sha256 differs"),
     ("manifest", "not a bundle manifest"),
+    ("fields", "not a bundle manifest (fields missing or of the wrong type: wheels)"),
     ("no-manifest", "no bundle.json here: build one with `make gpu-bundle`"),
     ("stale", "its planckgpt wheel is older than this checkout (model/probe.py differs): run `make gpu-bundle` again"),
     ("target", "exists and is not an empty folder: give a new one (mktemp -d)"),
@@ -154,6 +155,10 @@ def test_a_damaged_or_mismatched_bundle_is_refused_with_one_line_and_nothing_ins
         (bundle / "tokenizer" / "r50k_base.tiktoken").write_bytes(b"other ranks")
     elif damage == "manifest":
         (bundle / "bundle.json").write_text("{not json")
+    elif damage == "fields":
+        manifest = json.loads((bundle / "bundle.json").read_text())
+        manifest["wheels"] = "all of them"
+        (bundle / "bundle.json").write_text(json.dumps(manifest))
     elif damage == "no-manifest":
         (bundle / "bundle.json").unlink()
     elif damage == "stale":  # the code edited after the bundle was built
