@@ -104,6 +104,15 @@ def diagnose(shards: Path, runs: Path, dtype: str) -> dict[str, Any]:
         info["flash_attention"] = dict(zip(("available", "why"), flash_attention(dtype)))
     except Exception as exc:  # a broken JAX install: say so, keep diagnosing the rest
         problems.append(f"JAX cannot start ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+    else:
+        from planck.model.config import ConfigError
+        from planck.train.devices import peak_flops
+
+        try:
+            peak = peak_flops()
+            info["peak_tflops"] = None if peak is None else round(peak / 1e12, 1)
+        except ConfigError as exc:
+            problems.append(str(exc))
     from planck.schemas.tokenizer import TokenizerUnavailable, tokenizer_fingerprint
 
     try:
@@ -140,6 +149,9 @@ def _doctor(args: argparse.Namespace) -> int:
             rows.append((f"free under {path}/", f"{free:,.1f} GB"))
         if "flash_attention" in info:
             rows.append((f"flash attention ({args.dtype})", info["flash_attention"]["why"]))
+        if "peak_tflops" in info:
+            rows.append(("peak bf16 (MFU, estimates)", f"{info['peak_tflops']:,} TFLOP/s" if info["peak_tflops"]
+                         else "unknown for this device: set PLANCK_PEAK_TFLOPS to its dense bf16 TFLOP/s"))
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{width}}  {v}")

@@ -88,7 +88,8 @@ def _estimate(args: argparse.Namespace) -> str:
 
     plan = make_plan(load_config(args.config, "pretrain", phase_overrides(args, "pretrain")), find_largest=False)
     if plan.hours is None:
-        return "no estimate: this device's peak FLOP/s is unknown (planck plan --peak-tflops gives one)"
+        return ("no estimate: this device's peak FLOP/s is unknown (PLANCK_PEAK_TFLOPS=N make speedrun gives it, "
+                "in dense bf16 TFLOP/s per device)")
     return (f"pretraining ~{plan.hours:.1f} h at 40% MFU ({plan.steps:,} steps of {plan.tokens_per_step:,} tokens); "
             "midtrain and sft add a few percent")
 

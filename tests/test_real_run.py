@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED_JAX = next(d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -130,3 +133,31 @@ def test_speedrun_refuses_bad_settings_before_tokenizing_anything(tmp_path):
                   "--runs", tmp_path / "runs", "--set", "optim.adam_b2=1.5", check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == "planck: error: optim.adam_b2 = 1.5 must be within [0, 1)"
     assert sorted(tmp_path.iterdir()) == [] and "tokenize" not in proc.stdout
+
+
+def test_a_card_the_table_does_not_know_gets_its_peak_from_planck_peak_tflops(tmp_path, monkeypatch):
+    import jax
+
+    from planck.model.config import ConfigError
+    from planck.train.devices import peak_flops
+
+    monkeypatch.delenv("PLANCK_PEAK_TFLOPS", raising=False)
+    assert peak_flops() is None  # a CPU: no estimate, no MFU
+    monkeypatch.setenv("PLANCK_PEAK_TFLOPS", "45")
+    assert peak_flops() == 45e12 * jax.device_count()
+    for bad in ("fast", "-3", "nan", "0"):
+        monkeypatch.setenv("PLANCK_PEAK_TFLOPS", bad)
+        with pytest.raises(ConfigError, match=f"PLANCK_PEAK_TFLOPS='{bad}': give one device's dense bf16 peak"):
+            peak_flops()
+    proc = subprocess.run([sys.executable, "-m", "planck.cli", "plan", "--config", "tiny", "--no-search", "--json",
+                           "--tokens", "1M"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PLANCK_PEAK_TFLOPS": "2"})
+    plan = json.loads(proc.stdout)
+    assert plan["peak_flops"] == 2e12 and plan["hours"] == pytest.approx(
+        plan["steps"] * plan["tokens_per_step"] * plan["flops_per_token"] / (plan["mfu"] * 2e12) / 3600)
+    bad = subprocess.run([sys.executable, "-m", "planck.cli", "plan", "--config", "tiny", "--no-search"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PLANCK_PEAK_TFLOPS": "lots"})
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("planck: error: PLANCK_PEAK_TFLOPS='lots'")
+    doctor = subprocess.run([sys.executable, "-m", "planck.cli", "doctor", "--json"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PLANCK_PEAK_TFLOPS": "2"})
+    assert json.loads(doctor.stdout)["peak_tflops"] == 2.0 * jax.device_count()

@@ -161,7 +161,7 @@ def _plan(args: argparse.Namespace) -> int:
         rows.append(("time", f"{plan.hours:,.1f} h at {100 * plan.mfu:.0f}% MFU of {plan.peak_flops / 1e12:,.0f} TFLOP/s "
                              f"(steps x tokens per step x FLOPs per token / (MFU x peak))"))
     else:
-        rows.append(("time", "unknown peak FLOP/s for this device: pass --peak-tflops"))
+        rows.append(("time", "unknown peak FLOP/s for this device: pass --peak-tflops (or set PLANCK_PEAK_TFLOPS)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

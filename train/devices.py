@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# Dense bf16 peak FLOP/s by device kind, for MFU; unknown devices (CPUs) report no MFU.
+from planck.model.config import ConfigError
+
+# Dense bf16 peak FLOP/s by device kind, for MFU and time estimates; unknown devices (CPUs, most
+# laptop GPUs) report none unless PLANCK_PEAK_TFLOPS gives the card's figure.
+PEAK_ENV = "PLANCK_PEAK_TFLOPS"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
 
 
 def peak_flops() -> float | None:
-    """The devices' summed dense bf16 peak, if their kind is known."""
+    """The devices' summed dense bf16 peak: PLANCK_PEAK_TFLOPS per device when set, else by their kind if known."""
+    if text := os.environ.get(PEAK_ENV, "").strip():
+        try:
+            per_device = float(text)
+        except ValueError:
+            per_device = math.nan
+        if not 0 < per_device < 1e5:  # NaN fails too
+            raise ConfigError(f"{PEAK_ENV}={text!r}: give one device's dense bf16 peak in TFLOP/s, such as 45")
+        return per_device * 1e12 * jax.device_count()
     kind = jax.devices()[0].device_kind
     for name, flops in PEAK_FLOPS.items():
         if name.lower() in kind.lower():
