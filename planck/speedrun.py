@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("--config", default="planck150m", help="preset (tiny, planck150m) or a .toml file")
-    s.add_argument("--tokens", help="pretraining token budget (3B, 500M, ...); default: the config's steps")
+    s.add_argument("--tokens", help="pretraining token budget (3B, 500M, ...), both tokenized and trained on; "
+                   "default: 3B tokenized, the config's steps trained")
     s.add_argument("--source", choices=("hub", "embedded"), default="hub",
                    help="hub: Fineweb-edu and the chat mixtures; embedded: offline demo data")
     s.add_argument("--shards", type=Path, default=Path("shards"), help="where the shard folders go")
@@ -62,7 +63,9 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ]
     else:
         tokenize = [
-            ("tokenize pretrain", ["tokenize", "pretrain", "--out", str(data["pretrain"]), "--workers", workers]),
+            # A budget tokenizes what it trains on (a 100M trial need not fetch 3B); without one, tokenize's 3B.
+            ("tokenize pretrain", ["tokenize", "pretrain", "--out", str(data["pretrain"]), "--workers", workers,
+                                   *(["--max-tokens", args.tokens] if args.tokens else [])]),
             ("tokenize midtrain", ["tokenize", "chat", "--mixture", "midtrain", "--out", str(data["midtrain"]),
                                    "--val-rows", "5000", "--workers", workers]),
             ("tokenize sft", ["tokenize", "chat", "--mixture", "sft", "--out", str(data["sft"]), "--val-rows", "500",

@@ -161,3 +161,18 @@ def test_a_card_the_table_does_not_know_gets_its_peak_from_planck_peak_tflops(tm
     doctor = subprocess.run([sys.executable, "-m", "planck.cli", "doctor", "--json"], cwd=REPO, capture_output=True,
                             text=True, timeout=300, env={**os.environ, "PLANCK_PEAK_TFLOPS": "2"})
     assert json.loads(doctor.stdout)["peak_tflops"] == 2.0 * jax.device_count()
+
+
+def test_speedrun_with_a_budget_tokenizes_and_trains_that_budget():
+    import argparse
+
+    from planck.speedrun import steps
+
+    args = argparse.Namespace(workers=2, shards=Path("shards"), runs=Path("runs"), source="hub", config="planck150m",
+                              tokens="100M", overrides=["train.log_every=5"])
+    plan = dict(steps(args))
+    assert plan["tokenize pretrain"][-2:] == ["--max-tokens", "100M"]
+    assert plan["train pretrain"][-4:] == ["--set", "train.log_every=5", "--set", "train.tokens=100M"]
+    assert "train.tokens=100M" not in plan["train midtrain"] and "--max-tokens" not in plan["tokenize sft"]
+    args.tokens = None
+    assert "--max-tokens" not in dict(steps(args))["tokenize pretrain"]
