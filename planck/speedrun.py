@@ -4,7 +4,8 @@
 
 Each phase is the same `planck` command a user would type, so re-running the speedrun continues
 where it stopped: finished shard folders and runs are kept, an interrupted one resumes from its
-last checkpoint. The estimated time comes from `planck plan` before anything starts. On a CPU only
+last checkpoint, and a run whose eval.json already holds every task (written after its final
+weights) is not evaluated again. The estimated time comes from `planck plan` before anything starts. On a CPU only
 the tiny config is allowed.
 """
 
@@ -84,6 +85,20 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return tokenize + train + evaluate + report
 
 
+def already_evaluated(argv: list[str]) -> bool:
+    """An eval step whose run's eval.json already holds every task, written after the final weights it scores."""
+    import json
+
+    run = Path(argv[argv.index("--checkpoint") + 1])
+    tasks = argv[argv.index("--tasks") + 1].split(",")
+    results, weights = run / "eval.json", run / "final" / "model.json"
+    try:
+        done = json.loads(results.read_text()).get("tasks") or {}
+        return set(tasks) <= set(done) and results.stat().st_mtime_ns >= weights.stat().st_mtime_ns
+    except (OSError, ValueError, AttributeError):  # no results yet, or unreadable ones: evaluate
+        return False
+
+
 def _estimate(args: argparse.Namespace) -> str:
     """The pretraining phase's time from `planck plan`'s figures (the other phases are a few percent of it)."""
     from planck.train.config import load_config
@@ -115,6 +130,9 @@ def _speedrun(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for what, argv in steps(args):
         print(f"\n== {what}: planck {' '.join(argv)}", flush=True)
+        if what.startswith("eval ") and already_evaluated(argv):
+            print(f"== {what}: already evaluated (eval.json is newer than the final weights): nothing to do", flush=True)
+            continue
         t0 = time.perf_counter()
         rc = planck_main(argv)
         if rc:

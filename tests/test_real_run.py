@@ -38,9 +38,14 @@ def test_speedrun_runs_every_phase_and_a_rerun_continues_without_redoing(tmp_pat
     midtrain = json.loads((tmp_path / "runs" / "midtrain" / "final" / "model.json").read_text())
     assert midtrain["init_from"] == str(tmp_path / "runs" / "pretrain")
     stamp = (tmp_path / "runs" / "sft" / "final" / "model.json").stat().st_mtime_ns
+    evaluated = (tmp_path / "runs" / "sft" / "eval.json").read_bytes()
+    (tmp_path / "runs" / "midtrain" / "eval.json").unlink()  # as if the first run stopped while evaluating midtrain
     again = planck(*args)
     assert again.stdout.count("already finished: nothing to do") == 3
+    assert again.stdout.count("already evaluated (eval.json is newer than the final weights)") == 2
+    assert json.loads((tmp_path / "runs" / "midtrain" / "eval.json").read_text())["tasks"]["bpb"]["value"] > 0
     assert (tmp_path / "runs" / "sft" / "final" / "model.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "runs" / "sft" / "eval.json").read_bytes() == evaluated
 
 
 def test_speedrun_refuses_the_real_config_on_a_cpu(tmp_path):
@@ -176,3 +181,21 @@ def test_speedrun_with_a_budget_tokenizes_and_trains_that_budget():
     assert "train.tokens=100M" not in plan["train midtrain"] and "--max-tokens" not in plan["tokenize sft"]
     args.tokens = None
     assert "--max-tokens" not in dict(steps(args))["tokenize pretrain"]
+
+
+def test_speedrun_evaluates_again_when_the_weights_are_newer_or_a_task_is_missing(tmp_path):
+    from planck.speedrun import already_evaluated
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "model.json").write_text("{}")
+    argv = ["eval", "--checkpoint", str(run), "--data", "x", "--tasks", "bpb,sample"]
+    assert not already_evaluated(argv)  # no eval.json yet
+    (run / "eval.json").write_text(json.dumps({"tasks": {"bpb": {}, "sample": {}}}))
+    assert already_evaluated(argv)
+    assert not already_evaluated([*argv[:-1], "bpb,sample,mmlu"])  # a task it has not scored
+    later = (run / "eval.json").stat().st_mtime_ns + 10**9
+    os.utime(run / "final" / "model.json", ns=(later, later))  # retrained after the eval
+    assert not already_evaluated(argv)
+    (run / "eval.json").write_text("{damaged")
+    assert not already_evaluated(argv)
