@@ -97,7 +97,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or REPO / "bench" / "results"),
                     help="where gpu_check.json and the parts' small JSON files go (default $OUT, else bench/results)")
     ap.add_argument("--work", type=Path, default=None,
-                    help="shards and the training run (~2 GB at planck150m; new or empty); default a temporary "
+                    help="shards and the training run (~2 GB at planck150m, estimated; new or empty); default a temporary "
                     "folder ($TMPDIR), removed after")
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--step-repeats", type=int, default=10, help="timed steps per train-step figure")

@@ -62,11 +62,8 @@ def wheel_name_version(path: Path) -> tuple[str, str]:
 
 def sha256(path: Path) -> str:
     """The file's sha256, hex."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def pinned_requirements() -> list[str]:
@@ -153,6 +150,13 @@ def build(out: Path, python: str, max_mib: float | None = None) -> dict:
     return manifest
 
 
+def _package_folder(package: list[str], mapping: dict[str, str], repo: Path) -> Path | None:
+    """The checkout folder of a dotted package (as parts), by pyproject's package-dir; subpackages sit below their
+    parent's folder (planck.serve.web -> serve/web). None when no mapped package holds it."""
+    cut = next((n for n in range(len(package), 0, -1) if ".".join(package[:n]) in mapping), None)
+    return None if cut is None else repo.joinpath(mapping[".".join(package[:cut])], *package[cut:])
+
+
 def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
     """The first file where the project's wheel and the checkout's sources differ, or None when they match.
 
@@ -164,23 +168,19 @@ def checkout_difference(wheel: Path, repo: Path = REPO) -> str | None:
         members = {m: z.read(m) for m in z.namelist() if ".dist-info/" not in m and not m.endswith("/")}
     seen = set()
     for member, data in sorted(members.items()):
-        parts = member.split("/")
-        # setuptools maps a package's subpackages below its folder (planck.serve.web -> serve/web).
-        cut = next((n for n in range(len(parts) - 1, 0, -1) if ".".join(parts[:n]) in mapping), None)
-        if cut is None:
+        *package, name = member.split("/")
+        folder = _package_folder(package, mapping, repo)
+        if folder is None:
             return f"{member} is in no package this checkout maps"
-        source = repo.joinpath(mapping[".".join(parts[:cut])], *parts[cut:])
+        source = folder / name
         seen.add(source)
         if not source.is_file() or source.read_bytes() != data:
             return f"{source.relative_to(repo)} differs"
     data = setuptools.get("package-data", {})
     patterns = {package: ["*.py", *data.get(package, [])] for package in setuptools.get("packages", mapping)}
     for package, globs in patterns.items():
-        parts = package.split(".")
-        cut = next((n for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in mapping), None)
-        if cut is None:
+        if (folder := _package_folder(package.split("."), mapping, repo)) is None:
             continue
-        folder = repo.joinpath(mapping[".".join(parts[:cut])], *parts[cut:])
         for source in sorted(f for g in globs for f in folder.glob(g)):
             if source not in seen:
                 return f"{source.relative_to(repo)} is not in the bundle"

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 PHASES = ("pretrain", "midtrain", "sft")
+# What each phase is evaluated on, by data source (the embedded demo has no benchmark rows).
+EVAL_TASKS = {"embedded": ["bpb", "sample"], "hub": ["bpb", "sample", "arc_easy", "arc_challenge", "mmlu", "gsm8k"]}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,18 +81,16 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         train.append((f"train {phase}", ["train", phase, "--config", args.config, "--data", str(data[phase]),
                                          "--run-dir", str(args.runs / phase), *init, *sets]))
     evaluate = [(f"eval {phase}", ["eval", "--checkpoint", str(args.runs / phase), "--data", str(data[phase]),
-                                   "--tasks", "bpb,sample" if args.source == "embedded" else "bpb,sample,arc_easy,arc_challenge,mmlu,gsm8k"])
+                                   "--tasks", ",".join(EVAL_TASKS[args.source])])
                 for phase in PHASES]
     report = [("report", ["report", *(str(args.runs / p) for p in PHASES), "--out", str(args.runs / "report.md")])]
     return tokenize + train + evaluate + report
 
 
-def already_evaluated(argv: list[str]) -> bool:
-    """An eval step whose run's eval.json already holds every task, written after the final weights it scores."""
+def already_evaluated(run: Path, tasks: list[str]) -> bool:
+    """True when the run's eval.json already holds every task, written after the final weights it scores."""
     import json
 
-    run = Path(argv[argv.index("--checkpoint") + 1])
-    tasks = argv[argv.index("--tasks") + 1].split(",")
     results, weights = run / "eval.json", run / "final" / "model.json"
     try:
         done = json.loads(results.read_text()).get("tasks") or {}
@@ -99,12 +99,11 @@ def already_evaluated(argv: list[str]) -> bool:
         return False
 
 
-def _estimate(args: argparse.Namespace) -> str:
+def _estimate(pretrain_cfg) -> str:
     """The pretraining phase's time from `planck plan`'s figures (the other phases are a few percent of it)."""
-    from planck.train.config import load_config
     from planck.train.plan import make_plan
 
-    plan = make_plan(load_config(args.config, "pretrain", phase_overrides(args, "pretrain")), find_largest=False)
+    plan = make_plan(pretrain_cfg, find_largest=False)
     if plan.hours is None:
         return ("no estimate: this device's peak FLOP/s is unknown (PLANCK_PEAK_TFLOPS=N make speedrun gives it, "
                 "in dense bf16 TFLOP/s per device)")
@@ -124,13 +123,12 @@ def _speedrun(args: argparse.Namespace) -> int:
     from planck.train.config import load_config
 
     # Every phase's settings are checked before hours of tokenizing, not when its turn comes.
-    for phase in PHASES:
-        load_config(args.config, phase, phase_overrides(args, phase))
-    print(f"planck speedrun ({args.config}, {args.source} data): {_estimate(args)}", flush=True)
+    configs = {phase: load_config(args.config, phase, phase_overrides(args, phase)) for phase in PHASES}
+    print(f"planck speedrun ({args.config}, {args.source} data): {_estimate(configs['pretrain'])}", flush=True)
     started = time.perf_counter()
     for what, argv in steps(args):
         print(f"\n== {what}: planck {' '.join(argv)}", flush=True)
-        if what.startswith("eval ") and already_evaluated(argv):
+        if what.startswith("eval ") and already_evaluated(args.runs / what.removeprefix("eval "), EVAL_TASKS[args.source]):
             print(f"== {what}: already evaluated (eval.json is newer than the final weights): nothing to do", flush=True)
             continue
         t0 = time.perf_counter()

@@ -189,13 +189,13 @@ def test_speedrun_evaluates_again_when_the_weights_are_newer_or_a_task_is_missin
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
     (run / "final" / "model.json").write_text("{}")
-    argv = ["eval", "--checkpoint", str(run), "--data", "x", "--tasks", "bpb,sample"]
-    assert not already_evaluated(argv)  # no eval.json yet
+    tasks = ["bpb", "sample"]
+    assert not already_evaluated(run, tasks)  # no eval.json yet
     (run / "eval.json").write_text(json.dumps({"tasks": {"bpb": {}, "sample": {}}}))
-    assert already_evaluated(argv)
-    assert not already_evaluated([*argv[:-1], "bpb,sample,mmlu"])  # a task it has not scored
+    assert already_evaluated(run, tasks)
+    assert not already_evaluated(run, [*tasks, "mmlu"])  # a task it has not scored
     later = (run / "eval.json").stat().st_mtime_ns + 10**9
     os.utime(run / "final" / "model.json", ns=(later, later))  # retrained after the eval
-    assert not already_evaluated(argv)
+    assert not already_evaluated(run, tasks)
     (run / "eval.json").write_text("{damaged")
-    assert not already_evaluated(argv)
+    assert not already_evaluated(run, tasks)
